@@ -1,0 +1,110 @@
+#pragma once
+// Raw system calls that glibc 2.36 does not wrap (or wraps too late for Debian 12), and a tiny
+// owning file descriptor. Nothing here allocates, so the async-signal-safe parts of spawning may
+// use it between clone and exec.
+
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <csignal>
+#include <cstdint>
+#include <utility>
+
+namespace pidring::detail {
+
+// The kernel's struct clone_args (version 0, 64 bytes); declared here because <linux/sched.h>
+// clashes with glibc's <sched.h> on some systems.
+struct clone_args {
+  std::uint64_t flags = 0;
+  std::uint64_t pidfd = 0;
+  std::uint64_t child_tid = 0;
+  std::uint64_t parent_tid = 0;
+  std::uint64_t exit_signal = 0;
+  std::uint64_t stack = 0;
+  std::uint64_t stack_size = 0;
+  std::uint64_t tls = 0;
+};
+
+inline constexpr std::uint64_t clone_pidfd = 0x00001000;          // CLONE_PIDFD
+inline constexpr std::uint64_t clone_vm = 0x00000100;             // CLONE_VM
+inline constexpr std::uint64_t clone_vfork = 0x00004000;          // CLONE_VFORK
+inline constexpr std::uint64_t clone_clear_sighand = 0x100000000ULL;  // CLONE_CLEAR_SIGHAND (5.5)
+
+#ifndef SYS_clone3
+#define PIDRING_SYS_CLONE3 435
+#else
+#define PIDRING_SYS_CLONE3 SYS_clone3
+#endif
+#ifndef SYS_pidfd_open
+#define PIDRING_SYS_PIDFD_OPEN 434
+#else
+#define PIDRING_SYS_PIDFD_OPEN SYS_pidfd_open
+#endif
+#ifndef SYS_pidfd_send_signal
+#define PIDRING_SYS_PIDFD_SEND_SIGNAL 424
+#else
+#define PIDRING_SYS_PIDFD_SEND_SIGNAL SYS_pidfd_send_signal
+#endif
+#ifndef SYS_close_range
+#define PIDRING_SYS_CLOSE_RANGE 436
+#else
+#define PIDRING_SYS_CLOSE_RANGE SYS_close_range
+#endif
+
+// Each returns the result or -errno, and leaves errno alone.
+inline long raw_syscall_result(long r) noexcept { return r == -1 ? -errno : r; }
+
+inline int sys_pidfd_open(pid_t pid) noexcept {
+  int saved = errno;
+  long r = raw_syscall_result(::syscall(PIDRING_SYS_PIDFD_OPEN, pid, 0));
+  errno = saved;
+  return static_cast<int>(r);
+}
+
+inline int sys_pidfd_send_signal(int pidfd, int sig) noexcept {
+  int saved = errno;
+  long r = raw_syscall_result(::syscall(PIDRING_SYS_PIDFD_SEND_SIGNAL, pidfd, sig, nullptr, 0));
+  errno = saved;
+  return static_cast<int>(r);
+}
+
+inline int sys_close_range(unsigned first, unsigned last) noexcept {
+  return static_cast<int>(raw_syscall_result(::syscall(PIDRING_SYS_CLOSE_RANGE, first, last, 0)));
+}
+
+// waitid(P_PIDFD, pidfd, ...). __WALL because pidring's children send no exit signal (see spawn.hpp).
+inline int sys_waitid_pidfd(int pidfd, siginfo_t& info, int options) noexcept {
+  info = siginfo_t{};
+  int saved = errno;
+  long r = raw_syscall_result(
+      ::syscall(SYS_waitid, 3 /* P_PIDFD */, pidfd, &info, options | __WALL, nullptr));
+  errno = saved;
+  return static_cast<int>(r);
+}
+
+// An owning file descriptor.
+class unique_fd {
+ public:
+  unique_fd() noexcept = default;
+  explicit unique_fd(int fd) noexcept : fd_(fd) {}
+  unique_fd(unique_fd&& o) noexcept : fd_(std::exchange(o.fd_, -1)) {}
+  unique_fd& operator=(unique_fd&& o) noexcept {
+    if (this != &o) reset(std::exchange(o.fd_, -1));
+    return *this;
+  }
+  ~unique_fd() { reset(); }
+  int get() const noexcept { return fd_; }
+  explicit operator bool() const noexcept { return fd_ >= 0; }
+  int release() noexcept { return std::exchange(fd_, -1); }
+  void reset(int fd = -1) noexcept {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = fd;
+  }
+
+ private:
+  int fd_ = -1;
+};
+
+}  // namespace pidring::detail
