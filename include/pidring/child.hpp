@@ -1,0 +1,323 @@
+#pragma once
+/// @file
+/// child: a running (or ended) child process, awaitable through its pidfd; wait_any.
+
+#include <pidring/exit_status.hpp>
+#include <pidring/io_context.hpp>
+#include <pidring/pipe.hpp>
+#include <pidring/task.hpp>
+
+#include <poll.h>
+
+#include <chrono>
+#include <csignal>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <span>
+#include <stdexcept>
+#include <stop_token>
+#include <string>
+#include <vector>
+
+namespace pidring {
+
+namespace detail {
+
+// Children whose io_context ended while they still ran: their pidfds are kept here and reaped
+// (WNOHANG) by later spawns, so a long-lived program does not collect zombies.
+class orphanage {
+ public:
+  void adopt(unique_fd pidfd) {
+    std::lock_guard lock(mutex_);
+    fds_.push_back(std::move(pidfd));
+    sweep_locked();
+  }
+  void sweep() {
+    std::lock_guard lock(mutex_);
+    sweep_locked();
+  }
+
+ private:
+  void sweep_locked() {
+    std::erase_if(fds_, [](const unique_fd& fd) {
+      siginfo_t info;
+      int r = sys_waitid_pidfd(fd.get(), info, WEXITED | WNOHANG);
+      return r < 0 || info.si_pid != 0;
+    });
+  }
+  std::mutex mutex_;
+  std::vector<unique_fd> fds_;
+};
+
+inline orphanage& orphans() {
+  static orphanage o;
+  return o;
+}
+
+// What a child handle, its waiters and a background reaper share. The pidfd is the child's
+// identity: after spawn no syscall takes the pid.
+struct process_state {
+  io_context* io = nullptr;
+  pid_t pid = -1;
+  unique_fd pidfd;
+  std::string name;                  // for messages: "'sleep' (pid 123)"
+  std::optional<exit_status> status;  // once reaped
+  unsigned kernel_waits = 0;         // ring operations on the pidfd not yet completed
+  bool kill_on_drop = false;
+  bool killed = false;  // SIGKILL sent by us
+
+  std::string describe() const { return name + " (pid " + std::to_string(pid) + ")"; }
+
+  // waitid(P_PIDFD, WEXITED | WNOHANG): reaps the child if it has exited. Never blocks.
+  const std::optional<exit_status>& reap_now() {
+    if (status) return status;
+    siginfo_t info;
+    int r = sys_waitid_pidfd(pidfd.get(), info, WEXITED | WNOHANG);
+    if (r == -ECHILD)
+      throw_errno(ECHILD, "wait for " + describe() +
+                              ": the child was reaped elsewhere (a waitid(P_ALL, __WALL) or"
+                              " waitpid(-1, __WALL) in this process?); its status is lost");
+    if (r < 0) throw_errno(-r, "wait for " + describe() + ": waitid(P_PIDFD)");
+    if (info.si_pid != 0) {
+      status = exit_status::from_siginfo(info);
+      release_pidfd_if_idle();
+    }
+    return status;
+  }
+
+  // The pidfd stays open while a submitted operation may still name it: closing it earlier
+  // could let the fd number be reused before the kernel reads the SQE.
+  void release_pidfd_if_idle() noexcept {
+    if (status && kernel_waits == 0) pidfd.reset();
+  }
+
+  int send_signal(int sig) {
+    if (status || !pidfd) return 0;
+    int r = sys_pidfd_send_signal(pidfd.get(), sig);
+    if (r == -ESRCH) return 0;  // exited, not yet reaped: nothing to signal
+    if (r < 0) throw_errno(-r, "signal " + exit_status::signal_name(sig) + " to " + describe());
+    return 0;
+  }
+};
+
+// Fills the SQE that waits for the child to exit without reaping it (WNOWAIT): every waiter is
+// told, and reap_now() then reaps once. IORING_OP_WAITID on Linux 6.7+, else a poll on the pidfd.
+struct exit_wait_prep {
+  int pidfd;
+  bool use_waitid;
+  siginfo_t info{};  // written by the kernel until this operation's own CQE
+  void operator()(io_uring_sqe& sqe) noexcept {
+    if (use_waitid)
+      prep_waitid(sqe, pidfd, WEXITED | WNOWAIT | __WALL, &info);
+    else
+      io_uring_prep_poll_add(&sqe, pidfd, POLLIN);
+  }
+};
+
+// Waits until the child ends (its status), the stop token fires or the timeout passes (nullopt).
+inline task<std::optional<exit_status>> wait_until(std::shared_ptr<process_state> s,
+                                                   std::stop_token stop,
+                                                   std::optional<std::chrono::nanoseconds> timeout) {
+  io_context& io = *s->io;
+  for (;;) {
+    if (s->status) co_return s->status;
+    ++s->kernel_waits;
+    int res = co_await submit(io, exit_wait_prep{s->pidfd.get(), context_access::use_waitid(io)},
+                              stop, timeout);
+    --s->kernel_waits;
+    if (res == -ECANCELED) {
+      s->release_pidfd_if_idle();
+      co_return s->status;  // stopped or timed out (unless another waiter reaped meanwhile)
+    }
+    if (res < 0 && res != -ECHILD && res != -EINTR)
+      throw_errno(-res, "wait for " + s->describe() +
+                            (context_access::use_waitid(io) ? ": IORING_OP_WAITID"
+                                                            : ": IORING_OP_POLL_ADD on the pidfd"));
+    if (s->reap_now()) co_return s->status;
+  }
+}
+
+inline task<exit_status> wait_exit(std::shared_ptr<process_state> s) {
+  auto st = co_await wait_until(std::move(s), {}, std::nullopt);
+  co_return *st;
+}
+
+// A dropped or detached child: reaped when it ends, while the context runs. If the context ends
+// first, a child we killed is given a moment to die; any other goes to the orphanage.
+inline detached reap_in_background(std::shared_ptr<process_state> s) {
+  try {
+    auto st = co_await wait_until(s, context_access::shutdown_token(*s->io), std::nullopt);
+    if (st) co_return;
+    if (s->killed) {
+      pollfd p{s->pidfd.get(), POLLIN, 0};
+      ::poll(&p, 1, 1000);
+      if (s->reap_now()) co_return;
+    }
+  } catch (const std::system_error&) {
+    co_return;  // reaped elsewhere: nothing left to reap
+  }
+  if (s->pidfd) orphans().adopt(std::move(s->pidfd));
+}
+
+struct child_parts {
+  std::shared_ptr<process_state> state;
+  std::unique_ptr<pipe_writer> in;
+  std::unique_ptr<pipe_reader> out, err;
+};
+
+}  // namespace detail
+
+/// A child process made by spawn(). Move-only. Waiting is done by the kernel on the pidfd
+/// (IORING_OP_WAITID, or a poll on it), never by blocking the ring's thread; no SIGCHLD is used.
+class child {
+ public:
+  /// An empty handle (pid() == -1).
+  child() noexcept = default;
+  /// For spawn().
+  explicit child(detail::child_parts parts) noexcept
+      : state_(std::move(parts.state)), in_(std::move(parts.in)), out_(std::move(parts.out)),
+        err_(std::move(parts.err)) {}
+  child(child&&) noexcept = default;
+  child& operator=(child&& o) noexcept {
+    if (this != &o) {
+      drop();
+      state_ = std::move(o.state_);
+      in_ = std::move(o.in_);
+      out_ = std::move(o.out_);
+      err_ = std::move(o.err_);
+    }
+    return *this;
+  }
+  /// A running child: SIGKILL if spawn_options::kill_on_drop, then (either way) the io_context
+  /// reaps it in the background when it ends.
+  ~child() { drop(); }
+
+  /// The process id (for logs and ps; pidring itself never passes it to a syscall).
+  pid_t pid() const noexcept { return state_ ? state_->pid : detached_pid_; }
+  /// The pidfd, or -1 once reaped (or detached).
+  int pidfd() const noexcept {
+    return state_ && !state_->status ? state_->pidfd.get() : -1;
+  }
+
+  /// Waits for the child to end and gives its status. Any number of waiters, concurrent or one
+  /// after another, get the same status.
+  task<exit_status> wait() { return detail::wait_exit(checked_state("wait")); }
+
+  /// Waits at most `timeout` (join(timeout)): the status, or nullopt with the child still running.
+  /// Zero and negative timeouts only check (like try_wait()).
+  task<std::optional<exit_status>> wait_for(std::chrono::nanoseconds timeout) {
+    auto s = checked_state("wait_for");
+    if (timeout.count() <= 0) return ready(s->reap_now());
+    return detail::wait_until(std::move(s), {}, timeout);
+  }
+
+  /// Waits until the child ends or `stop` is requested (nullopt, the child keeps running).
+  task<std::optional<exit_status>> wait(std::stop_token stop) {
+    return detail::wait_until(checked_state("wait"), std::move(stop), std::nullopt);
+  }
+
+  /// waitpid(WNOHANG): the status if the child has ended (reaping it), else nullopt.
+  std::optional<exit_status> try_wait() { return checked_state("try_wait")->reap_now(); }
+
+  /// SIGTERM, up to `grace` for the child to end, then SIGKILL; always reaped when it returns.
+  task<exit_status> shutdown(std::chrono::nanoseconds grace) {
+    auto s = checked_state("shutdown");
+    s->send_signal(SIGTERM);
+    if (auto st = co_await detail::wait_until(s, {}, grace)) co_return *st;
+    s->send_signal(SIGKILL);
+    co_return co_await detail::wait_exit(s);
+  }
+
+  /// Sends `signal` through the pidfd (pidfd_send_signal). No-op once the child has exited.
+  void kill(int signal = SIGKILL) { checked_state("kill")->send_signal(signal); }
+  /// Sends SIGTERM.
+  void terminate() { kill(SIGTERM); }
+
+  /// The parent's end of the child's stdin (only with stdio::pipe()).
+  pipe_writer& in() { return pipe_or_throw(in_, "in"); }
+  /// The parent's end of the child's stdout (only with stdio::pipe()).
+  pipe_reader& out() { return pipe_or_throw(out_, "out"); }
+  /// The parent's end of the child's stderr (only with stdio::pipe()).
+  pipe_reader& err() { return pipe_or_throw(err_, "err"); }
+
+  /// Lets the child run on its own: the io_context reaps it when it ends. The handle becomes
+  /// empty (pidfd() == -1); pid() still tells which process it was.
+  void detach() {
+    if (!state_) return;
+    pid_t pid = state_->pid;
+    state_->kill_on_drop = false;
+    drop();
+    detached_pid_ = pid;
+  }
+
+ private:
+  static task<std::optional<exit_status>> ready(std::optional<exit_status> s) { co_return s; }
+
+  const std::shared_ptr<detail::process_state>& checked_state(const char* what) const {
+    if (!state_) throw std::logic_error(std::string("child::") + what + ": empty child handle");
+    return state_;
+  }
+
+  template <class P>
+  P& pipe_or_throw(const std::unique_ptr<P>& p, const char* which) {
+    if (!p)
+      throw std::logic_error(std::string("child::") + which + "(): the child's std" + which +
+                             " is not stdio::pipe()");
+    return *p;
+  }
+
+  void drop() noexcept {
+    if (!state_) return;
+    auto s = std::move(state_);
+    try {
+      if (!s->status && s->kill_on_drop) {
+        s->send_signal(SIGKILL);
+        s->killed = true;
+      }
+      if (!s->reap_now()) detail::reap_in_background(std::move(s));
+    } catch (...) {
+      // Lost (reaped elsewhere) or unsignalable: nothing more to do for it.
+    }
+  }
+
+  std::shared_ptr<detail::process_state> state_;
+  std::unique_ptr<pipe_writer> in_;
+  std::unique_ptr<pipe_reader> out_, err_;
+  pid_t detached_pid_ = -1;
+
+  friend task<std::size_t> wait_any(std::span<child>);
+};
+
+namespace detail {
+inline task<void> wait_any_one(std::shared_ptr<process_state> s, std::stop_source& stop,
+                               std::optional<std::size_t>& winner, std::size_t index) {
+  try {
+    auto st = co_await wait_until(std::move(s), stop.get_token(), std::nullopt);
+    if (st && !winner) winner = index;
+  } catch (...) {
+    stop.request_stop();
+    throw;
+  }
+  stop.request_stop();
+}
+}  // namespace detail
+
+/// waitpid(-1) for a set of children: the index of the first to end (it is reaped; its status is
+/// then in try_wait()/wait()). The others keep running; their handles stay valid and their
+/// pending waits are cancelled, not consumed.
+inline task<std::size_t> wait_any(std::span<child> children) {
+  if (children.empty()) throw std::invalid_argument("wait_any: no children");
+  for (std::size_t i = 0; i < children.size(); ++i)
+    if (children[i].checked_state("wait_any")->reap_now()) co_return i;
+  std::stop_source stop;
+  std::optional<std::size_t> winner;
+  std::vector<task<void>> waits;
+  waits.reserve(children.size());
+  for (std::size_t i = 0; i < children.size(); ++i)
+    waits.push_back(detail::wait_any_one(children[i].state_, stop, winner, i));
+  co_await when_all(std::move(waits));
+  co_return *winner;
+}
+
+}  // namespace pidring

@@ -1,0 +1,13 @@
+#pragma once
+/// @file
+/// The umbrella header: every public pidring header.
+
+#include <pidring/child.hpp>
+#include <pidring/exit_status.hpp>
+#include <pidring/io_context.hpp>
+#include <pidring/pipe.hpp>
+#include <pidring/run.hpp>
+#include <pidring/spawn.hpp>
+#include <pidring/task.hpp>
+#include <pidring/this_process.hpp>
+#include <pidring/version.hpp>

@@ -1,0 +1,201 @@
+#pragma once
+/// @file
+/// pipe_reader and pipe_writer: the parent's ends of a child's stdio pipes, read and written
+/// through the ring (no thread, no blocking call on the ring's thread).
+
+#include <pidring/io_context.hpp>
+
+#include <algorithm>
+#include <cstddef>
+#include <cstring>
+#include <optional>
+#include <span>
+#include <stop_token>
+#include <string>
+#include <string_view>
+
+namespace pidring {
+
+namespace detail {
+
+struct read_prep {
+  int fd;
+  void* data;
+  unsigned size;
+  void operator()(io_uring_sqe& sqe) const noexcept {
+    // Offset -1: the fd's own position, which is what a pipe has.
+    io_uring_prep_read(&sqe, fd, data, size, static_cast<std::uint64_t>(-1));
+  }
+};
+struct write_prep {
+  int fd;
+  const void* data;
+  unsigned size;
+  void operator()(io_uring_sqe& sqe) const noexcept {
+    io_uring_prep_write(&sqe, fd, data, size, static_cast<std::uint64_t>(-1));
+  }
+};
+
+inline unsigned clamp_io_size(std::size_t n) {
+  return static_cast<unsigned>(std::min<std::size_t>(n, 1u << 30));
+}
+
+}  // namespace detail
+
+/// The parent's read end of a pipe (a child's stdout or stderr with stdio::pipe()).
+class pipe_reader {
+ public:
+  /// Takes ownership of `fd`. `name` is used in error messages ("stdout of 'cat'").
+  pipe_reader(io_context& io, detail::unique_fd fd, std::string name = "pipe")
+      : io_(&io), fd_(std::move(fd)), name_(std::move(name)) {}
+  pipe_reader(const pipe_reader&) = delete;
+  pipe_reader& operator=(const pipe_reader&) = delete;
+
+  /// The file descriptor, or -1 once closed.
+  int fd() const noexcept { return fd_.get(); }
+
+  /// Reads what is there (at least one byte, waiting for it) into `buf`; 0 means end of file.
+  /// Bytes that read_line() read ahead come first.
+  task<std::size_t> read_some(std::span<std::byte> buf) { return read_some(buf, {}); }
+
+  /// Like read_some(buf); a stop request cancels the read: std::system_error(ECANCELED).
+  task<std::size_t> read_some(std::span<std::byte> buf, std::stop_token stop) {
+    if (buf.empty()) co_return 0;
+    if (pos_ < buffer_.size()) co_return take_buffered(buf);
+    int n = co_await read_raw(buf.data(), buf.size(), stop);
+    if (n == -ECANCELED) detail::throw_errno(ECANCELED, "read from " + name_ + ": cancelled");
+    co_return static_cast<std::size_t>(n);
+  }
+
+  /// The next line without its '\n'; the last line may lack one. nullopt at end of file.
+  task<std::optional<std::string>> read_line() {
+    for (;;) {
+      std::size_t nl = buffer_.find('\n', pos_);
+      if (nl != std::string::npos) {
+        std::string line = buffer_.substr(pos_, nl - pos_);
+        pos_ = nl + 1;
+        co_return line;
+      }
+      if (eof_) {
+        if (pos_ == buffer_.size()) co_return std::nullopt;
+        std::string line = buffer_.substr(pos_);
+        pos_ = buffer_.size();
+        co_return line;
+      }
+      // Keep the unread tail, then read more after it.
+      buffer_.erase(0, pos_);
+      pos_ = 0;
+      std::size_t old = buffer_.size();
+      buffer_.resize(old + chunk);
+      int n = co_await read_raw(buffer_.data() + old, chunk, {});
+      buffer_.resize(old + static_cast<std::size_t>(n));
+      if (n == 0) eof_ = true;
+    }
+  }
+
+  /// Everything until end of file.
+  task<std::string> read_all() {
+    std::string out = buffer_.substr(pos_);
+    buffer_.clear();
+    pos_ = 0;
+    co_await read_into(out, {});
+    co_return out;
+  }
+
+  /// Appends to `out` until end of file (true) or until `stop` is requested (false).
+  task<bool> read_into(std::string& out, std::stop_token stop) {
+    if (pos_ < buffer_.size()) {
+      out.append(buffer_, pos_);
+      buffer_.clear();
+      pos_ = 0;
+    }
+    if (eof_) co_return true;
+    std::size_t want = chunk;
+    for (;;) {
+      std::size_t old = out.size();
+      out.resize(old + want);
+      int n = co_await read_raw(out.data() + old, want, stop);
+      out.resize(old + static_cast<std::size_t>(std::max(n, 0)));
+      if (n == -ECANCELED) co_return false;
+      if (n == 0) {
+        eof_ = true;
+        co_return true;
+      }
+      // Larger reads for larger outputs: fewer round trips on big transfers.
+      if (static_cast<std::size_t>(n) == want) want = std::min<std::size_t>(want * 2, 1 << 20);
+    }
+  }
+
+  /// Closes the read end now (a writer then gets EPIPE).
+  void close() noexcept { fd_.reset(); }
+
+ private:
+  static constexpr std::size_t chunk = 64 * 1024;
+
+  std::size_t take_buffered(std::span<std::byte> buf) {
+    std::size_t n = std::min(buf.size(), buffer_.size() - pos_);
+    std::memcpy(buf.data(), buffer_.data() + pos_, n);
+    pos_ += n;
+    return n;
+  }
+
+  // One read: bytes read, 0 at EOF, -ECANCELED when stopped; other errors throw.
+  task<int> read_raw(void* data, std::size_t size, std::stop_token stop) {
+    if (!fd_) detail::throw_errno(EBADF, "read from " + name_ + ": it is closed");
+    for (;;) {
+      int n = co_await detail::submit(
+          *io_, detail::read_prep{fd_.get(), data, detail::clamp_io_size(size)}, stop);
+      if (n == -EINTR || n == -EAGAIN) continue;
+      if (n < 0 && n != -ECANCELED) detail::throw_errno(-n, "read from " + name_);
+      co_return n;
+    }
+  }
+
+  io_context* io_;
+  detail::unique_fd fd_;
+  std::string name_;
+  std::string buffer_;  // read ahead by read_line
+  std::size_t pos_ = 0;
+  bool eof_ = false;
+};
+
+/// The parent's write end of a pipe (a child's stdin with stdio::pipe()).
+class pipe_writer {
+ public:
+  /// Takes ownership of `fd`. `name` is used in error messages ("stdin of 'cat'").
+  pipe_writer(io_context& io, detail::unique_fd fd, std::string name = "pipe")
+      : io_(&io), fd_(std::move(fd)), name_(std::move(name)) {}
+  pipe_writer(const pipe_writer&) = delete;
+  pipe_writer& operator=(const pipe_writer&) = delete;
+
+  /// The file descriptor, or -1 once closed.
+  int fd() const noexcept { return fd_.get(); }
+
+  /// Writes all of `data`. A reader that is gone gives std::system_error(EPIPE); the process is
+  /// never killed by SIGPIPE (io_context::run blocks it on the ring's thread).
+  task<void> write_all(std::string_view data) { return write_all(data, {}); }
+
+  /// Like write_all(data); a stop request ends it with std::system_error(ECANCELED).
+  task<void> write_all(std::string_view data, std::stop_token stop) {
+    if (!fd_) detail::throw_errno(EBADF, "write to " + name_ + ": it is closed");
+    while (!data.empty()) {
+      int n = co_await detail::submit(
+          *io_, detail::write_prep{fd_.get(), data.data(), detail::clamp_io_size(data.size())},
+          stop);
+      if (n == -EINTR || n == -EAGAIN) continue;
+      if (n == -ECANCELED) detail::throw_errno(ECANCELED, "write to " + name_ + ": cancelled");
+      if (n < 0) detail::throw_errno(-n, "write to " + name_);
+      data.remove_prefix(static_cast<std::size_t>(n));
+    }
+  }
+
+  /// Closes the write end: the reader sees end of file once every other copy is closed too.
+  void close() noexcept { fd_.reset(); }
+
+ private:
+  io_context* io_;
+  detail::unique_fd fd_;
+  std::string name_;
+};
+
+}  // namespace pidring

@@ -1,0 +1,119 @@
+#pragma once
+/// @file
+/// run(): start a program, feed its stdin, capture stdout and stderr, and wait, without deadlock.
+
+#include <pidring/child.hpp>
+#include <pidring/io_context.hpp>
+#include <pidring/spawn.hpp>
+#include <pidring/task.hpp>
+
+#include <chrono>
+#include <optional>
+#include <stop_token>
+#include <string>
+#include <system_error>
+#include <vector>
+
+namespace pidring {
+
+/// What run() does besides starting the program.
+struct run_options {
+  /// Written to the child's stdin, which is then closed. Without it stdin is /dev/null.
+  std::optional<std::string> input{};
+  /// After this long the child is killed (SIGKILL), reaped, and timed_out is set.
+  std::optional<std::chrono::nanoseconds> timeout{};
+  /// Capture stdout / stderr into completed::out / err (else they are inherited).
+  bool capture_out = true, capture_err = true;
+  /// Everything else about the child; its in/out/err are set by run().
+  spawn_options spawn{};
+};
+
+/// What run() gives back.
+struct completed {
+  exit_status status = exit_status::from_wait_status(0);
+  std::string out{}, err{};
+  bool timed_out = false;
+};
+
+namespace detail {
+
+// How long pipes may stay open after the child has ended (a grandchild may hold them).
+inline constexpr std::chrono::milliseconds run_drain_grace{100};
+
+inline task<void> run_feed(pipe_writer& w, std::string_view data, std::stop_token stop) {
+  try {
+    co_await w.write_all(data, stop);
+  } catch (const std::system_error& e) {
+    // A child that exits (or closes stdin) before reading everything is not an error of run():
+    // its status says what happened.
+    if (e.code() != std::errc::broken_pipe && e.code() != std::errc::operation_canceled) throw;
+  }
+  w.close();
+}
+
+inline task<void> run_drain(pipe_reader& r, std::string& out, std::stop_token stop,
+                            unsigned& open_pipes, std::stop_source& all_drained) {
+  co_await r.read_into(out, stop);
+  if (--open_pipes == 0) all_drained.request_stop();
+}
+
+// The exit is taken from the pidfd, not from pipe EOF; then the pipes get a bounded drain.
+inline task<void> run_wait(io_context& io, child& c, std::optional<std::chrono::nanoseconds> timeout,
+                           completed& result, std::stop_source& stop_io,
+                           std::stop_token all_drained) {
+  std::optional<exit_status> st;
+  if (timeout)
+    st = co_await c.wait_for(*timeout);
+  else
+    st = co_await c.wait();
+  if (!st) {
+    c.kill(SIGKILL);
+    result.timed_out = true;
+    st = co_await c.wait();
+  }
+  result.status = *st;
+  co_await sleep_for(io, run_drain_grace, all_drained);
+  stop_io.request_stop();
+}
+
+inline task<completed> run_impl(io_context& io, command cmd, run_options o) {
+  spawn_options so = std::move(o.spawn);
+  so.in = o.input ? stdio::pipe() : stdio::null();
+  so.out = o.capture_out ? stdio::pipe() : stdio::inherit();
+  so.err = o.capture_err ? stdio::pipe() : stdio::inherit();
+  child c = spawn(io, cmd, so);
+  completed result;
+  std::stop_source stop_io, all_drained;
+  unsigned open_pipes = (o.capture_out ? 1u : 0u) + (o.capture_err ? 1u : 0u);
+  if (open_pipes == 0) all_drained.request_stop();
+  std::vector<task<void>> parts;
+  if (o.input) parts.push_back(run_feed(c.in(), *o.input, stop_io.get_token()));
+  if (o.capture_out)
+    parts.push_back(run_drain(c.out(), result.out, stop_io.get_token(), open_pipes, all_drained));
+  if (o.capture_err)
+    parts.push_back(run_drain(c.err(), result.err, stop_io.get_token(), open_pipes, all_drained));
+  parts.push_back(run_wait(io, c, o.timeout, result, stop_io, all_drained.get_token()));
+  co_await when_all(std::move(parts));
+  co_return result;
+}
+
+}  // namespace detail
+
+/// Runs `cmd` to the end: feeds run_options::input, drains stdout and stderr concurrently (no
+/// pipe can fill up and deadlock), waits for the exit and gives it all back. The exit is taken
+/// from the pidfd: if a grandchild keeps the pipes open, run() still returns shortly after the
+/// child ends. Failure to start throws as spawn() does. The command and options are copied.
+///
+/// g++ 12 miscompiles aggregate temporaries inside a co_await expression (such as
+/// `co_await run(io, cmd, {.input = "x"})`): name the options first on that compiler.
+inline task<completed> run(io_context& io, const command& cmd, run_options options) {
+  return detail::run_impl(io, cmd, std::move(options));
+}
+
+/// run(io, cmd, run_options{}): an overload rather than a default argument, because g++ 12
+/// miscompiles a defaulted aggregate temporary inside a co_await expression.
+inline task<completed> run(io_context& io, const command& cmd) {
+  return detail::run_impl(io, cmd, run_options{});
+}
+
+}  // namespace pidring
