@@ -85,17 +85,26 @@ if(MODE STREQUAL "find_package")
   endif()
   get_filename_component(pc_dir "${pc_files}" DIRECTORY)
   set(ENV{PKG_CONFIG_PATH} "${pc_dir}")
-  run("pkg-config" "${PKG_CONFIG}" --cflags --libs pidring)
-  string(STRIP "${run_output}" pc_flags)
-  if(NOT pc_flags MATCHES "-std=c\\+\\+20" OR NOT pc_flags MATCHES "-luring")
-    message(FATAL_ERROR "consumer ${MODE}: pkg-config flags lack -std=c++20 or -luring: ${pc_flags}")
+  run("pkg-config --cflags" "${PKG_CONFIG}" --cflags pidring)
+  string(STRIP "${run_output}" pc_cflags)
+  run("pkg-config --libs" "${PKG_CONFIG}" --libs pidring)
+  string(STRIP "${run_output}" pc_libs)
+  if(NOT pc_cflags MATCHES "-std=c\\+\\+20" OR NOT pc_libs MATCHES "-luring")
+    message(FATAL_ERROR "consumer ${MODE}: pkg-config gives no -std=c++20 or no -luring: ${pc_cflags} ${pc_libs}")
   endif()
-  separate_arguments(pc_flags UNIX_COMMAND "${pc_flags}")
+  separate_arguments(pc_cflags UNIX_COMMAND "${pc_cflags}")
+  separate_arguments(pc_libs UNIX_COMMAND "${pc_libs}")
   separate_arguments(cxx_flags UNIX_COMMAND "${CXX_FLAGS}")
   separate_arguments(link_flags UNIX_COMMAND "${EXE_LINKER_FLAGS}")
-  run("compile and link with pkg-config's flags"
-      "${CXX_COMPILER}" ${cxx_flags} "${consumer_source}/main.cpp"
-      -o "${WORK_DIR}/consumer_pkgconfig" ${pc_flags} ${link_flags})
+  # Compile and link as two steps, like a build system would: the link flags must not reach
+  # the compilation (the asan preset compiles with -fno-sanitize=function and links with
+  # -fsanitize=address,undefined).
+  run("compile with pkg-config's cflags"
+      "${CXX_COMPILER}" ${cxx_flags} ${pc_cflags} -c "${consumer_source}/main.cpp"
+      -o "${WORK_DIR}/consumer_pkgconfig.o")
+  run("link with pkg-config's libs"
+      "${CXX_COMPILER}" ${cxx_flags} ${link_flags} "${WORK_DIR}/consumer_pkgconfig.o"
+      -o "${WORK_DIR}/consumer_pkgconfig" ${pc_libs})
   run("run the pkg-config build" "${WORK_DIR}/consumer_pkgconfig")
   if(NOT run_output MATCHES "true exited with code 0")
     message(FATAL_ERROR "consumer ${MODE}: the pkg-config build did not report that true exited with code 0")
