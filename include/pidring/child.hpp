@@ -74,10 +74,20 @@ struct process_state {
     if (status) return status;
     siginfo_t info;
     int r = sys_waitid_pidfd(pidfd.get(), info, WEXITED | WNOHANG);
-    if (r == -ECHILD)
-      throw_errno(ECHILD, "wait for " + describe() +
-                              ": the child was reaped elsewhere (a waitid(P_ALL, __WALL) or"
-                              " waitpid(-1, __WALL) in this process?); its status is lost");
+    if (r == -ECHILD) {
+      // Reaped by someone else: waitpid(-1) elsewhere, or SIGCHLD set to SIG_IGN (exec gives
+      // a child the SIGCHLD exit signal back, so the kernel auto-reaps it). Since Linux 6.15
+      // the pidfd still knows how it ended.
+      int wait_status = 0;
+      if (!sys_pidfd_reaped_status(pidfd.get(), wait_status))
+        throw_errno(ECHILD, "wait for " + describe() +
+                                ": the child was reaped elsewhere (a waitpid(-1) in this process,"
+                                " or SIGCHLD set to SIG_IGN) and this kernel (< 6.15) cannot tell"
+                                " its status");
+      status = exit_status::from_wait_status(wait_status);
+      release_pidfd_if_idle();
+      return status;
+    }
     if (r < 0) throw_errno(-r, "wait for " + describe() + ": waitid(P_PIDFD)");
     if (info.si_pid != 0) {
       status = exit_status::from_siginfo(info);

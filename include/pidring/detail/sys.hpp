@@ -3,6 +3,7 @@
 // owning file descriptor. Nothing here allocates, so the async-signal-safe parts of spawning may
 // use it between clone and exec.
 
+#include <sys/ioctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -82,6 +83,31 @@ inline int sys_waitid_pidfd(int pidfd, siginfo_t& info, int options) noexcept {
       ::syscall(SYS_waitid, 3 /* P_PIDFD */, pidfd, &info, options | __WALL, nullptr));
   errno = saved;
   return static_cast<int>(r);
+}
+
+// PIDFD_GET_INFO (Linux 6.13) with PIDFD_INFO_EXIT (6.15): the wait status of a process that was
+// reaped by someone else (a waitpid(-1, __WALL) elsewhere, or the auto-reap of SIGCHLD = SIG_IGN,
+// which applies to exec'd children because exec resets their exit signal to SIGCHLD).
+struct pidfd_info_v0 {
+  std::uint64_t mask;
+  std::uint64_t cgroupid;
+  std::uint32_t pid, tgid, ppid, ruid, rgid, euid, egid, suid, sgid, fsuid, fsgid;
+  std::int32_t exit_code;
+  std::uint32_t coredump_mask;
+  std::uint32_t spare;
+};
+inline constexpr std::uint64_t pidfd_info_exit = 1ULL << 3;
+
+// True and the waitpid()-style status if the kernel kept the exit of this reaped process.
+inline bool sys_pidfd_reaped_status(int pidfd, int& wait_status) noexcept {
+  pidfd_info_v0 info{};
+  info.mask = pidfd_info_exit;
+  int saved = errno;
+  int r = ::ioctl(pidfd, _IOWR(0xFF, 11, pidfd_info_v0), &info);
+  errno = saved;
+  if (r != 0 || !(info.mask & pidfd_info_exit)) return false;
+  wait_status = info.exit_code;
+  return true;
 }
 
 // An owning file descriptor.
