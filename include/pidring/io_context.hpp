@@ -412,6 +412,12 @@ class uring_op final : completion {
   }
   void await_suspend(std::coroutine_handle<> h) {
     waiter_ = h;
+    // What may throw (no fd for the eventfd, no memory) comes before the SQE is taken: an SQE
+    // queued for an awaiter that then throws would complete into a destroyed frame.
+    if (stop_.stop_possible()) {
+      context_access::arm_remote_wakeup(*io_);
+      ticket_ = std::make_shared<cancel_ticket>(cancel_ticket{this});
+    }
     if (timeout_) context_access::reserve(*io_, 2);
     io_uring_sqe& sqe = context_access::get_sqe(*io_);
     prep_(sqe);
@@ -422,11 +428,7 @@ class uring_op final : completion {
       io_uring_prep_link_timeout(&link, &*timeout_, 0);
       io_uring_sqe_set_data(&link, nullptr);
     }
-    if (stop_.stop_possible()) {
-      context_access::arm_remote_wakeup(*io_);
-      ticket_ = std::make_shared<cancel_ticket>(cancel_ticket{this});
-      callback_.emplace(stop_, stop_canceller{io_, ticket_});
-    }
+    if (ticket_) callback_.emplace(stop_, stop_canceller{io_, ticket_});
   }
   int await_resume() noexcept {
     callback_.reset();  // waits for a callback running on another thread
