@@ -3,6 +3,7 @@
 /// The umbrella header: every public pidring header.
 
 #include <pidring/child.hpp>
+#include <pidring/copy.hpp>
 #include <pidring/exit_status.hpp>
 #include <pidring/io_context.hpp>
 #include <pidring/pipe.hpp>
