@@ -160,9 +160,10 @@ TEST_CASE("abort gives SIGABRT and the core-dump flag", "[process]") {
   auto t = [&]() -> pidring::task<pidring::exit_status> {
     pidring::spawn_options o;
     o.cwd = dir.path();
-    auto c = pidring::spawn(io, o, [cores_to_files] {
+    const rlim_t limit = cores_to_files ? RLIM_INFINITY : 0;
+    auto c = pidring::spawn(io, o, [limit] {
       std::signal(SIGABRT, SIG_DFL);  // the test runner's own handler is inherited by the fork
-      rlimit core{cores_to_files ? RLIM_INFINITY : 0, cores_to_files ? RLIM_INFINITY : 0};
+      rlimit core{limit, limit};
       ::setrlimit(RLIMIT_CORE, &core);
       std::abort();
     });
