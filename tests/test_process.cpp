@@ -160,7 +160,7 @@ TEST_CASE("abort gives SIGABRT and the core-dump flag", "[process]") {
   auto t = [&]() -> pidring::task<pidring::exit_status> {
     pidring::spawn_options o;
     o.cwd = dir.path();
-    const rlim_t limit = cores_to_files ? RLIM_INFINITY : 0;
+    rlim_t limit = cores_to_files ? RLIM_INFINITY : 0;  // not const: clang would not capture it
     auto c = pidring::spawn(io, o, [limit] {
       std::signal(SIGABRT, SIG_DFL);  // the test runner's own handler is inherited by the fork
       rlimit core{limit, limit};
