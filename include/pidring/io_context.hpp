@@ -186,11 +186,11 @@ class io_context {
   /// completion, and closes the ring.
   ~io_context() {
     owner_.store(std::this_thread::get_id());
-    shutdown_.request_stop();
-    cancel_everything();
     // Each operation's memory may be written until its own CQE arrives: wait for all of them.
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
     try {
+      shutdown_.request_stop();
+      cancel_everything();
       while ((in_flight_ > 0 || !ready_.empty()) && std::chrono::steady_clock::now() < deadline)
         run_once(std::chrono::milliseconds(100));
     } catch (...) {
@@ -279,7 +279,12 @@ class io_context {
   }
 
   void run_once(std::optional<std::chrono::nanoseconds> timeout) {
-    flush_ready();
+    if (!ready_.empty()) {
+      // Completions read while submitting (a full SQ) are resumed first; the caller then checks
+      // whether its task ended before we wait for the kernel.
+      flush_ready();
+      return;
+    }
     int r;
     if (timeout) {
       __kernel_timespec ts = detail::to_kernel_timespec(*timeout);
