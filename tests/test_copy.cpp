@@ -556,6 +556,38 @@ TEST_CASE("copy_file: /proc files (st_size 0) are copied by reading to end of fi
   }
 }
 
+TEST_CASE("copy_file: a source that shrinks or grows during the copy is copied to its real end",
+          "[copy]") {
+  test_util::temp_dir dir;
+  const std::string data = pattern(4 * MiB, 31);
+  for (copy_method m : {copy_method::copy_file_range, copy_method::uring}) {
+    for (bool grow : {false, true}) {
+      CAPTURE(pidring::detail::method_name(m), grow);
+      test_util::write_file(dir / "src", data);
+      const std::string extra = pattern(100 * 1024 + 3, 32);
+      copy_options o = with_method(m, 2);
+      bool changed = false;
+      // The first call comes after the size was read and before any byte is copied.
+      o.on_progress = [&](const pidring::copy_progress&) {
+        if (changed) return;
+        changed = true;
+        if (grow) {
+          const int fd = ::open((dir / "src").c_str(), O_WRONLY | O_APPEND | O_CLOEXEC);
+          REQUIRE(::write(fd, extra.data(), extra.size()) == static_cast<ssize_t>(extra.size()));
+          ::close(fd);
+        } else {
+          REQUIRE(::truncate((dir / "src").c_str(), MiB + 7) == 0);
+        }
+      };
+      auto r = copy(dir / "src", dir / "dst", o);
+      const std::string expected = grow ? data + extra : data.substr(0, MiB + 7);
+      CHECK(r.bytes == expected.size());
+      CHECK(test_util::read_file(dir / "dst") == expected);
+      fs::remove(dir / "dst");
+    }
+  }
+}
+
 // ---- progress and cancellation --------------------------------------------------------------
 
 TEST_CASE("copy_file: on_progress runs on the ring's thread, monotonic, at most every ~50 ms, ends at total",
