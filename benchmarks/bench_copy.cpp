@@ -1,0 +1,136 @@
+// One file copy, for benchmarks/compare to time from outside like `cp` and io_uring-cp.
+//
+//   bench_copy pidring METHOD PARALLELISM SRC DST   METHOD: automatic|reflink|copy_file_range|uring
+//   bench_copy cfr-loop SRC DST                     a plain copy_file_range(2) loop, one thread
+//   bench_copy memcpy MIB                           prints seconds for MIB MiB of memcpy between
+//                                                   two resident buffers: this machine's ceiling
+//
+// pidring: prints "<method used> <parallelism used>" on stderr. Exit 4: the method is not
+// supported here (e.g. reflink on ext4), 5: this build has no pidring/copy.hpp yet.
+
+#include "bench_common.hpp"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <system_error>
+
+#if __has_include(<pidring/copy.hpp>)
+#include <pidring/copy.hpp>
+#include <pidring/io_context.hpp>
+#define PIDRING_BENCH_HAS_COPY 1
+#endif
+
+namespace {
+
+#ifdef PIDRING_BENCH_HAS_COPY
+const char* name_of(pidring::copy_method m) {
+  switch (m) {
+    case pidring::copy_method::automatic: return "automatic";
+    case pidring::copy_method::reflink: return "reflink";
+    case pidring::copy_method::copy_file_range: return "copy_file_range";
+    case pidring::copy_method::uring: return "uring";
+  }
+  return "?";
+}
+
+pidring::task<pidring::copy_result> do_copy(pidring::io_context& io, std::string from,
+                                            std::string to, pidring::copy_options opts) {
+  const std::filesystem::path src = from, dst = to;
+  pidring::copy_result r = co_await pidring::copy_file(io, src, dst, std::move(opts));
+  co_return r;
+}
+
+int pidring_copy(const std::string& method, unsigned par, const char* from, const char* to) {
+  pidring::copy_options opts;
+  opts.parallelism = par;
+  if (method == "automatic")
+    opts.method = pidring::copy_method::automatic;
+  else if (method == "reflink")
+    opts.method = pidring::copy_method::reflink;
+  else if (method == "copy_file_range")
+    opts.method = pidring::copy_method::copy_file_range;
+  else if (method == "uring")
+    opts.method = pidring::copy_method::uring;
+  else {
+    std::fprintf(stderr, "unknown method %s\n", method.c_str());
+    return 2;
+  }
+  try {
+    pidring::io_context io;
+    pidring::copy_result r = io.run(do_copy(io, from, to, std::move(opts)));
+    std::fprintf(stderr, "%s %u\n", name_of(r.method), r.parallelism);
+  } catch (const std::system_error& e) {
+    std::fprintf(stderr, "%s\n", e.what());
+    const int err = e.code().value();
+    return err == EOPNOTSUPP || err == EXDEV || err == EINVAL || err == ENOSYS ? 4 : 1;
+  }
+  return 0;
+}
+#else
+int pidring_copy(const std::string&, unsigned, const char*, const char*) {
+  std::fprintf(stderr, "built without pidring/copy.hpp\n");
+  return 5;
+}
+#endif
+
+int cfr_loop(const char* from, const char* to) {
+  int in = ::open(from, O_RDONLY | O_CLOEXEC);
+  if (in < 0) return 1;
+  struct stat st {};
+  ::fstat(in, &st);
+  int out = ::open(to, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, st.st_mode & 07777);
+  if (out < 0) return 1;
+  for (;;) {
+    ssize_t n = ::copy_file_range(in, nullptr, out, nullptr, std::size_t{1} << 30, 0);
+    if (n == 0) break;
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      std::perror("copy_file_range");
+      return 1;
+    }
+  }
+  ::close(out);
+  ::close(in);
+  return 0;
+}
+
+int memcpy_ceiling(unsigned long mib) {
+  // At most 256 MiB is copied, far more than any cache; a bigger size is scaled from it.
+  const std::size_t want = mib << 20;
+  const std::size_t bytes = std::min<std::size_t>(want, std::size_t{256} << 20);
+  auto* a = static_cast<char*>(::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+  auto* b = static_cast<char*>(::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+  if (a == MAP_FAILED || b == MAP_FAILED) return 1;
+  bench::populate(a, bytes);
+  bench::populate(b, bytes);
+  std::memset(a, 1, bytes);
+  std::memcpy(b, a, bytes);  // first pass: TLB and any lazily backed host memory warmed
+  const auto t0 = bench::now_ns();
+  std::memcpy(b, a, bytes);
+  const double s = static_cast<double>(bench::now_ns() - t0) / 1e9;
+  if (b[bytes / 2] != 1) return 1;
+  std::printf("%.6f\n", s * static_cast<double>(want) / static_cast<double>(bytes));
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const std::string mode = argc > 1 ? argv[1] : "";
+  if (mode == "pidring" && argc == 6)
+    return pidring_copy(argv[2], static_cast<unsigned>(std::strtoul(argv[3], nullptr, 10)), argv[4],
+                        argv[5]);
+  if (mode == "cfr-loop" && argc == 4) return cfr_loop(argv[2], argv[3]);
+  if (mode == "memcpy" && argc == 3) return memcpy_ceiling(std::strtoul(argv[2], nullptr, 10));
+  std::fprintf(stderr,
+               "usage: %s pidring METHOD PARALLELISM SRC DST | cfr-loop SRC DST | memcpy MIB\n",
+               argv[0]);
+  return 2;
+}
