@@ -554,6 +554,16 @@ TEST_CASE("copy_file: /proc files (st_size 0) are copied by reading to end of fi
     CHECK(got.back() == '\n');
     fs::remove(dir / "status");
   }
+  // copy_range too: the range is read up to the real end of file, not the reported size (0).
+  const int in = ::open("/proc/self/status", O_RDONLY | O_CLOEXEC);
+  const int out = ::open((dir / "range").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  pidring::io_context io;
+  const std::uint64_t n = io.run(pidring::copy_range(io, in, out, 0, MiB));
+  ::close(in);
+  ::close(out);
+  const std::string got = test_util::read_file(dir / "range");
+  CHECK(n == got.size());
+  CHECK(got.rfind("Name:", 0) == 0);
 }
 
 TEST_CASE("copy_file: a source that shrinks or grows during the copy is copied to its real end",

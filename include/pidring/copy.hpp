@@ -579,21 +579,31 @@ inline task<copy_outcome> copy_data(io_context& io, copy_job job, const copy_opt
   if (stop.stop_requested()) throw_cancelled(who);
 
   copy_method method = o.method;
-  if (method == copy_method::automatic || method == copy_method::reflink) {
-    const std::uint64_t len = job.to_eof ? 0 : job.end - job.begin;
-    int e = job.begin >= job.end && !job.to_eof ? 0 : try_reflink(job.in, job.out, job.begin, len, job.whole_file);
+  // An empty range has nothing to clone (and a source whose size lies is read below).
+  const bool clone = (method == copy_method::automatic || method == copy_method::reflink) &&
+                     (job.begin < job.end || job.whole_file);
+  if (clone) {
+    const std::uint64_t len = job.whole_file ? 0 : job.end - job.begin;
+    const int e = try_reflink(job.in, job.out, job.begin, len, job.whole_file);
     if (e == 0) {
       out.method = copy_method::reflink;
       out.data_bytes = total;
       out.end = job.end;
+      if (job.whole_file) {
+        struct stat st {};  // FICLONE gave the copy the source's size at the time of the clone
+        if (::fstat(job.out, &st) == 0) out.end = static_cast<std::uint64_t>(st.st_size);
+      }
       out.holes.clear();  // the clone carries the source's holes itself
       progress.add_base(total);
       co_return out;
     }
     if (method == copy_method::reflink || !method_unsupported(e))
       throw_errno(e, who + (job.whole_file ? ": FICLONE" : ": FICLONERANGE"));
+  }
+  if (method == copy_method::automatic || method == copy_method::reflink) {
     // Measured here (docs/copy.md): within one file system copy_file_range (in-kernel, no
-    // user-space buffer) beats reading and writing; across file systems only the ring works.
+    // user-space buffer) is the fastest; across file systems it fails (EXDEV) and only the ring
+    // works.
     method = job.same_device ? copy_method::copy_file_range : copy_method::uring;
   }
 
