@@ -7,16 +7,12 @@
 // Fix:      explicit offsets: pread/pwrite, or copy_file_range(in, &off_in, out, &off_out, ...),
 //           which never use or move the shared offset.
 // pidring:  spawn the child with the fds in pass_fds (every other fd is closed in a child),
-//           co_await its exit instead of blocking in waitpid; and with <pidring/copy.hpp>:
+//           co_await its exit instead of blocking in waitpid. Or, in one line:
 //             co_await when_all(copy_range(io, in, out, 0, half),
 //                               copy_range(io, in, out, half, size - half));
 //           which copies both halves concurrently, with explicit offsets, without blocking.
 
 #include <pidring/pidring.hpp>
-#if __has_include(<pidring/copy.hpp>)
-#include <pidring/copy.hpp>
-#define LESSON_HAVE_COPY_RANGE 1
-#endif
 
 #include "lesson.hpp"
 
@@ -106,7 +102,7 @@ pidring::task<int> copy_with_a_child(pidring::io_context& io, const fs::path& sr
   ::close(in);
   ::close(out);
   bool same = contents(src) == contents(dst);
-  std::printf("parent copied [0, %llu): %s; child copied [%llu, %llu): %s\n",
+  std::printf("parent copied bytes 0..%llu: %s; child copied bytes %llu..%llu: %s\n",
               static_cast<unsigned long long>(half), mine == 0 ? "ok" : "FAILED",
               static_cast<unsigned long long>(half), static_cast<unsigned long long>(file_size),
               theirs.to_string().c_str());
@@ -116,7 +112,6 @@ pidring::task<int> copy_with_a_child(pidring::io_context& io, const fs::path& sr
 
 pidring::task<int> copy_with_copy_range(pidring::io_context& io, const fs::path& src,
                                         const fs::path& dst) {
-#ifdef LESSON_HAVE_COPY_RANGE
   lesson::heading("pidring: when_all of two copy_range calls");
   int in = ::open(src.c_str(), O_RDONLY | O_CLOEXEC);
   int out = ::open(dst.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
@@ -130,11 +125,6 @@ pidring::task<int> copy_with_copy_range(pidring::io_context& io, const fs::path&
               static_cast<unsigned long long>(first), static_cast<unsigned long long>(second),
               same ? "identical to the source" : "DIFFERENT from the source");
   co_return same && first + second == file_size ? 0 : 1;
-#else
-  (void)io, (void)src, (void)dst;
-  std::printf("\n(<pidring/copy.hpp> is not in this tree yet: no copy_range part)\n");
-  co_return 0;
-#endif
 }
 
 int main() {
