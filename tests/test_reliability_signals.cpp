@@ -234,7 +234,9 @@ TEST_CASE("reliability: a child reaped by waitid(P_ALL, __WALL) elsewhere in the
     }
     reaper.join();
     if (gate[1] >= 0) ::close(gate[1]);
-    CHECK(reaped == c.pid());
+    // Either the thread reaped it, or pidring's own reap came first and the thread found no
+    // child (ECHILD): both are valid interleavings.
+    CHECK((reaped == c.pid() || reaped == -1));
     if (!error) {
       REQUIRE(st);
       CHECK(st->code() == 8);
