@@ -1,0 +1,408 @@
+#!/usr/bin/python3
+"""Runs pidring's benchmarks side by side with the peers and writes docs/BENCHMARKS.md.
+
+Called by benchmarks/compare (which installs the peers and builds the programs first); run
+`benchmarks/compare --help` for the options. Every figure is a ratio of two medians measured in
+the same run: the targets of one workload run round-robin (the starting target rotates each
+round), the first round is a warm-up and is discarded, and each target's median over the
+remaining rounds is kept. Absolute times on a shared machine drift; the ratios much less.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+PY = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+
+
+def log(*a):
+    print(*a, file=sys.stderr, flush=True)
+
+
+def out_of(cmd, **kw):
+    return subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True, **kw).stdout.strip()
+
+
+def try_out(cmd):
+    try:
+        return subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              timeout=60).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def printed_seconds(cmd):
+    """A program that prints its own measurement as the first number on stdout."""
+    return float(out_of(cmd).split()[0])
+
+
+def wall_seconds(cmd):
+    """A program timed from outside (cp, io_uring-cp): start to exit, as a user sees it.
+    Returns None when the program says the method is not supported here (exit 4 or 5)."""
+    t0 = time.perf_counter()
+    r = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    t = time.perf_counter() - t0
+    if r.returncode in (4, 5):
+        return None
+    if r.returncode != 0:
+        raise RuntimeError(f"{cmd}: exit {r.returncode}: {r.stderr.strip()}")
+    return t
+
+
+def interleave(targets, rounds, before=None, warmup=1):
+    """targets: list of (name, fn). Returns {name: median or None} and {name: [samples]}."""
+    samples = {name: [] for name, _ in targets}
+    n = len(targets)
+    for r in range(warmup + rounds):
+        order = targets[r % n:] + targets[:r % n]
+        for name, fn in order:
+            if before:
+                before(name)
+            v = fn()
+            if r >= warmup and v is not None:
+                samples[name].append(v)
+        log(f"    round {r + 1}/{warmup + rounds}" + (" (warm-up)" if r < warmup else ""))
+    med = {k: (statistics.median(v) if v else None) for k, v in samples.items()}
+    return med, samples
+
+
+def loadavg():
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
+# --------------------------------------------------------------------------------------------
+# Workloads
+
+
+def w_spawn(a, R):
+    b = a.bin
+    R["spawn"] = {}
+    for k in (1, 64):
+        log(f"spawn + wait of /bin/true: {a.spawn_n} children, {k} in flight")
+        targets = [
+            ("pidring (WAITID)", lambda k=k: printed_seconds([f"{b}/bench_spawn", "pidring-waitid", str(a.spawn_n), str(k)])),
+            ("pidring (pidfd poll)", lambda k=k: printed_seconds([f"{b}/bench_spawn", "pidring-poll", str(a.spawn_n), str(k)])),
+            ("posix_spawn + waitpid (C floor)", lambda k=k: printed_seconds([f"{b}/bench_spawn", "posix_spawn", str(a.spawn_n), str(k)])),
+            ("fork + execve + waitpid", lambda k=k: printed_seconds([f"{b}/bench_spawn", "fork-exec", str(a.spawn_n), str(k)])),
+        ]
+        if os.path.exists(f"{b}/bench_boost_spawn"):
+            targets.append(("Boost.Process v2 async_wait", lambda k=k: printed_seconds([f"{b}/bench_boost_spawn", str(a.spawn_n), str(k)])))
+        targets += [
+            ("asyncio (default watcher)", lambda k=k: printed_seconds([PY, f"{HERE}/spawn_asyncio.py", "default", str(a.spawn_n), str(k)])),
+            ("asyncio (PidfdChildWatcher)", lambda k=k: printed_seconds([PY, f"{HERE}/spawn_asyncio.py", "pidfd", str(a.spawn_n), str(k)])),
+        ]
+        if shutil.which("node"):
+            targets.append(("Node child_process.spawn", lambda k=k: printed_seconds(["node", f"{HERE}/spawn_node.js", str(a.spawn_n), str(k)])))
+        med, _ = interleave(targets, a.rounds)
+        R["spawn"][str(k)] = med
+
+
+def w_heap(a, R):
+    log(f"spawn latency from a small parent and from one with {a.heap_mib} MiB resident")
+    modes = ["pidring-waitid", "posix_spawn", "fork-exec"]
+    R["heap"] = {m: {} for m in modes}
+    # Alternating small and big parents; each parent process interleaves the modes itself.
+    per = {m: {"small": [], "big": []} for m in modes}
+    for rep in range(2):
+        for which, mib in (("small", 0), ("big", a.heap_mib)):
+            txt = out_of([f"{a.bin}/bench_spawn", "latency", str(a.heap_n), str(a.rounds), str(mib)] + modes)
+            for line in txt.splitlines():
+                m, _, s = line.split()
+                per[m][which].append(float(s))
+            log(f"    {which} parent, pass {rep + 1}/2 done")
+    for m in modes:
+        R["heap"][m] = {w: statistics.median(v) for w, v in per[m].items()}
+
+
+def w_exit(a, R):
+    log(f"exit -> resume latency, {a.exit_n} children per round")
+    b = a.bin
+    targets = [(name, lambda m=m: printed_seconds([f"{b}/bench_exit_latency", m, str(a.exit_n)]))
+               for name, m in (("pidring (WAITID)", "pidring-waitid"), ("pidring (pidfd poll)", "pidring-poll"),
+                               ("thread blocked in waitpid", "waitpid"), ("epoll on a pidfd", "epoll-pidfd"))]
+    R["exit"], _ = interleave(targets, a.rounds)
+
+
+def w_many(a, R):
+    log(f"{a.many_n} children waiting at once")
+    res = {}
+
+    def measure(name, cmd):
+        vals = [out_of(cmd).split() for _ in range(a.many_rounds)]
+        per = statistics.median(float(v[0]) for v in vals)
+        res[name] = {"bytes_per_child": per, "threads": int(vals[0][1]), "threads_before": int(vals[0][2])}
+        log(f"    {name}: {per:.0f} B/child, {vals[0][1]} threads")
+
+    measure("pidring (WAITID)", [f"{a.bin}/bench_many_children", str(a.many_n), "waitid"])
+    measure("pidring (pidfd poll)", [f"{a.bin}/bench_many_children", str(a.many_n), "poll"])
+    measure("asyncio (default watcher)", [PY, f"{HERE}/many_asyncio.py", "default", str(a.many_n)])
+    measure("asyncio (PidfdChildWatcher)", [PY, f"{HERE}/many_asyncio.py", "pidfd", str(a.many_n)])
+    R["many"] = res
+
+
+def w_runcat(a, R):
+    log(f"run(cat) with {a.cat_mib} MiB in and out")
+    targets = [("pidring run()", lambda: printed_seconds([f"{a.bin}/bench_run_cat", str(a.cat_mib)])),
+               ("Python subprocess.run(capture_output=True)", lambda: printed_seconds([PY, f"{HERE}/run_cat.py", str(a.cat_mib)]))]
+    R["runcat"], _ = interleave(targets, a.rounds)
+
+
+def drop_caches():
+    subprocess.run(["sync"], check=True)
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3\n")
+
+
+def make_file(path, mib):
+    if os.path.exists(path) and os.path.getsize(path) == mib << 20:
+        return
+    log(f"    writing {path} ({mib} MiB of random bytes)")
+    with open("/dev/urandom", "rb") as src, open(path, "wb") as dst:
+        for _ in range(mib):
+            dst.write(src.read(1 << 20))
+
+
+def copy_commands(a, src, dst):
+    """(name, argv, timed from outside) for every copier of a file src -> dst."""
+    b = f"{a.bin}/bench_copy"
+    t = [("pidring automatic (default parallelism)", [b, "pidring", "automatic", "0", src, dst], True)]
+    for method in ("automatic", "copy_file_range", "uring"):
+        for p in (1, 2, 4):
+            t.append((f"pidring {method} p{p}", [b, "pidring", method, str(p), src, dst], True))
+    t.append(("pidring reflink", [b, "pidring", "reflink", "1", src, dst], True))
+    t.append(("cp", ["cp", src, dst], True))
+    t.append(("Python shutil.copyfile", [PY, f"{HERE}/copy_shutil.py", src, dst], False))
+    if a.uring_cp and os.path.exists(a.uring_cp):
+        t.append(("liburing io_uring-cp", [a.uring_cp, src, dst], True))
+    t.append(("copy_file_range loop", [b, "cfr-loop", src, dst], True))
+    return t
+
+
+def startup_costs(a, d):
+    """Each program's exec-to-exit time for an empty file: its start-up (exec, dynamic linking,
+    io_uring setup...), which on a VM with slow page faults is milliseconds. Subtracted from the
+    copies so that a 64 MiB copy compares copying, not loading libstdc++ against loading libc."""
+    src, dst = f"{d}/empty-src", f"{d}/empty-dst"
+    open(src, "wb").close()
+    cmds = copy_commands(a, src, dst)
+
+    def before(name):
+        if os.path.exists(dst):
+            os.unlink(dst)
+
+    targets = [(name, (lambda argv=argv: wall_seconds(argv)) if outside else (lambda: 0.0))
+               for name, argv, outside in cmds]
+    med, _ = interleave(targets, a.copy_rounds, before=before)
+    for p in (src, dst):
+        if os.path.exists(p):
+            os.unlink(p)
+    return med
+
+
+def copy_targets(a, src, dst, mib, startup):
+    def corrected(name, argv):
+        def fn():
+            t = wall_seconds(argv)
+            return None if t is None else max(t - (startup.get(name) or 0.0), 1e-6)
+        return fn
+
+    t = [(name, corrected(name, argv) if outside else (lambda argv=argv: printed_seconds(argv)))
+         for name, argv, outside in copy_commands(a, src, dst)]
+    t.append(("memcpy ceiling", lambda: printed_seconds([f"{a.bin}/bench_copy", "memcpy", str(mib)])))
+    return t
+
+
+def w_copy(a, R):
+    R.setdefault("copy", {})
+    fss = [("ext4", a.ext4_dir), ("tmpfs", a.tmpfs_dir)]
+    root = os.geteuid() == 0
+    for fs, d in fss:
+        os.makedirs(d, exist_ok=True)
+        log(f"copy: start-up cost of each copier on {fs} (an empty file)")
+        startup = startup_costs(a, d)
+        R.setdefault("copy_startup", {})[fs] = startup
+        for mib in a.copy_mib:
+            src, dst = f"{d}/src-{mib}", f"{d}/dst-{mib}"
+            make_file(src, mib)
+            caches = ["warm"] + (["cold"] if fs != "tmpfs" and root else [])
+            for cache in caches:
+                key = f"{fs} {mib} MiB {cache}"
+                log(f"copy: {key}")
+
+                def before(name, cache=cache, dst=dst):
+                    if os.path.exists(dst):
+                        os.unlink(dst)
+                    if cache == "cold":
+                        drop_caches()
+
+                med, _ = interleave(copy_targets(a, src, dst, mib, startup), a.copy_rounds, before=before)
+                R["copy"][key] = {"mib": mib, "fs": fs, "cache": cache, "results": med}
+                if os.path.exists(dst):
+                    os.unlink(dst)
+            if not a.keep_files:
+                os.unlink(src)
+
+
+def w_sparse(a, R):
+    R["sparse"] = {}
+    for fs, d in (("ext4", a.ext4_dir), ("tmpfs", a.tmpfs_dir)):
+        os.makedirs(d, exist_ok=True)
+        src, dst = f"{d}/sparse-src", f"{d}/sparse-dst"
+        with open(src, "wb") as f:
+            f.truncate(1 << 40)
+            f.seek(0)
+            f.write(os.urandom(4096))
+            f.seek(1 << 39)
+            f.write(os.urandom(4096))
+        log(f"sparse 1 TiB copy on {fs}")
+
+        def before(name, dst=dst):
+            if os.path.exists(dst):
+                os.unlink(dst)
+
+        blocks = {}
+
+        def timed(name, cmd):
+            def fn():
+                s = wall_seconds(cmd)
+                blocks[name] = os.stat(dst).st_blocks * 512 if os.path.exists(dst) else None
+                return s
+            return (name, fn)
+
+        targets = [timed("pidring copy_file (automatic)", [f"{a.bin}/bench_copy", "pidring", "automatic", "0", src, dst]),
+                   timed("cp --sparse=auto", ["cp", "--sparse=auto", src, dst])]
+        med, _ = interleave(targets, a.rounds, before=before)
+        R["sparse"][fs] = {"results": med, "allocated": blocks}
+        for p in (src, dst):
+            if os.path.exists(p):
+                os.unlink(p)
+
+
+def w_profile(a, R):
+    """Where the time goes: perf stat (software events) and strace -c of one spawn run each."""
+    prof = {}
+    n = str(a.spawn_n)
+    if shutil.which("perf"):
+        for mode in ("pidring-waitid", "pidring-poll", "posix_spawn", "fork-exec"):
+            txt = try_out(["perf", "stat", "-e", "task-clock,page-faults,context-switches,cpu-migrations",
+                           f"{a.bin}/bench_spawn", mode, n, "1"])
+            prof[f"perf stat bench_spawn {mode} {n} 1"] = "\n".join(
+                l for l in txt.splitlines() if re.search(r"task-clock|page-faults|context-switches|migrations|elapsed|user|sys", l))
+    if shutil.which("strace"):
+        for mode in ("pidring-waitid", "posix_spawn"):
+            txt = try_out(["strace", "-c", "-f", "-o", "/dev/stdout", f"{a.bin}/bench_spawn", mode, "100", "1"])
+            lines = [l for l in txt.splitlines() if not re.fullmatch(r"[0-9.]+", l.strip())]
+            prof[f"strace -c -f bench_spawn {mode} 100 1"] = "\n".join(lines[:22])
+    if os.path.exists(f"{a.bin}/bench_micro"):
+        prof["bench_micro (Google Benchmark)"] = try_out([f"{a.bin}/bench_micro", "--benchmark_min_time=0.3"])
+    R["profile"] = prof
+
+
+# --------------------------------------------------------------------------------------------
+# Machine
+
+
+def machine():
+    def first(path, key):
+        try:
+            with open(path) as f:
+                for line in f:
+                    if line.startswith(key):
+                        return line.split(":", 1)[1].strip()
+        except OSError:
+            pass
+        return "?"
+
+    def pkg(name):
+        return try_out(["dpkg-query", "-W", "-f=${Version}", name]) or "not installed"
+
+    os_rel = "?"
+    try:
+        with open("/etc/os-release") as f:
+            for line in f:
+                if line.startswith("PRETTY_NAME="):
+                    os_rel = line.split("=", 1)[1].strip().strip('"')
+    except OSError:
+        pass
+    df = try_out(["df", "-T", ROOT]).splitlines()
+    return {
+        "cpu": first("/proc/cpuinfo", "model name"),
+        "cores": os.cpu_count(),
+        "memory": first("/proc/meminfo", "MemTotal"),
+        "kernel": platform.release(),
+        "distro": os_rel,
+        "compiler": try_out(["g++", "--version"]).splitlines()[0] if shutil.which("g++") else "?",
+        "liburing": pkg("liburing-dev"),
+        "boost": pkg("libboost1.81-dev"),
+        "benchmark": pkg("libbenchmark-dev"),
+        "python": try_out([PY, "--version"]),
+        "node": try_out(["node", "--version"]) if shutil.which("node") else "not installed",
+        "coreutils": try_out(["cp", "--version"]).splitlines()[0] if shutil.which("cp") else "?",
+        "gnuplot": try_out(["gnuplot", "--version"]),
+        "disk": df[1] if len(df) > 1 else "?",
+        "date": datetime.datetime.utcnow().strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bin", required=True, help="directory holding the built bench_* programs")
+    ap.add_argument("--uring-cp", default="", help="liburing's examples/io_uring-cp, if built")
+    ap.add_argument("--results", default=os.path.join(ROOT, "build", "bench-results.json"))
+    ap.add_argument("--only", default="spawn,heap,exit,many,runcat,copy,sparse,profile",
+                    help="comma-separated workloads (default: all)")
+    ap.add_argument("--rounds", type=int, default=5, help="measured rounds after the warm-up")
+    ap.add_argument("--copy-rounds", type=int, default=5)
+    ap.add_argument("--spawn-n", type=int, default=2000)
+    ap.add_argument("--heap-mib", type=int, default=2048)
+    ap.add_argument("--heap-n", type=int, default=20)
+    ap.add_argument("--exit-n", type=int, default=200)
+    ap.add_argument("--many-n", type=int, default=10000)
+    ap.add_argument("--many-rounds", type=int, default=1)
+    ap.add_argument("--cat-mib", type=int, default=256)
+    ap.add_argument("--copy-mib", default="64,1024", help="comma-separated sizes in MiB")
+    ap.add_argument("--ext4-dir", default=os.path.join(ROOT, "build", "bench-data"))
+    ap.add_argument("--tmpfs-dir", default="/dev/shm/pidring-bench")
+    ap.add_argument("--keep-files", action="store_true")
+    ap.add_argument("--git", default="?", help="the pidring version measured (git describe)")
+    a = ap.parse_args()
+    a.copy_mib = [int(x) for x in a.copy_mib.split(",") if x]
+    only = a.only.split(",")
+
+    R = {}
+    if os.path.exists(a.results) and len(only) < 8:
+        with open(a.results) as f:
+            R = json.load(f)  # a partial rerun updates the workloads it ran
+    R["machine"] = machine()
+    R["git"] = a.git
+    R["config"] = {k: v for k, v in vars(a).items() if k not in ("results", "git")}
+    R["load_before"] = loadavg()
+    t0 = time.time()
+    for name in only:
+        globals()[f"w_{name}"](a, R)
+        with open(a.results, "w") as f:
+            json.dump(R, f, indent=1)
+    R["load_after"] = loadavg()
+    R["duration_s"] = time.time() - t0
+    os.makedirs(os.path.dirname(a.results), exist_ok=True)
+    with open(a.results, "w") as f:
+        json.dump(R, f, indent=1)
+    log(f"results: {a.results} ({R['duration_s']:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
