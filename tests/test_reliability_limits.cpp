@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <filesystem>
 #include <cstdio>
 #include <fstream>
 #include <functional>
@@ -123,6 +124,23 @@ pidring::task<void> wait_with_stop_token(pidring::io_context& io) {
   }
 }
 
+// Where the copy_file user works: a directory made before the fd table is filled.
+std::filesystem::path& copy_dir() {
+  static std::filesystem::path dir;
+  return dir;
+}
+
+pidring::task<void> copy_a_file(pidring::io_context& io) {
+  const auto from = copy_dir() / "source";
+  const auto to = copy_dir() / "copy";
+  std::filesystem::remove(to);
+  pidring::copy_options o;
+  o.parallelism = 2;
+  const auto r = co_await pidring::copy_file(io, from, to, o);
+  expect(r.bytes == 3 * 65536 && test_util::read_file(to) == test_util::read_file(from),
+         "copy_file copies the whole file");
+}
+
 const std::vector<fd_user>& fd_users() {
   static const std::vector<fd_user> users = {
       {"spawn of a program with inherited stdio", spawn_program_inherit},
@@ -130,6 +148,7 @@ const std::vector<fd_user>& fd_users() {
       {"run() with stdin, stdout and stderr pipes", run_with_pipes},
       {"spawn of a callable", spawn_callable},
       {"wait(stop_token)", wait_with_stop_token},
+      {"copy_file", copy_a_file},
   };
   return users;
 }
@@ -146,12 +165,15 @@ void emfile_scenario() {
   } catch (const std::system_error& e) {
     (void)e.code().message();
   }
+  test_util::temp_dir dir("pidring-emfile");
+  copy_dir() = dir.path();
+  test_util::write_file(dir / "source", std::string(3 * 65536, 'c'));
   const auto before_all = test_util::open_fds();
   reliability::set_nofile(static_cast<rlim_t>(before_all.back()) + 40);
   std::string messages;
   for (const fd_user& user : fd_users()) {
     bool failed_once = false, worked = false;
-    for (int free_slots = 0; free_slots <= 12 && !worked; ++free_slots) {
+    for (int free_slots = 0; free_slots <= 16 && !worked; ++free_slots) {
       const auto base = test_util::open_fds();
       std::optional<pidring::io_context> io(std::in_place);
       std::optional<std::string> error;
@@ -188,7 +210,8 @@ void emfile_scenario() {
       if (error) {
         failed_once = true;
         const bool names_step = contains(*error, "pipe2") || contains(*error, "clone3") ||
-                                contains(*error, "/dev/null") || contains(*error, "eventfd");
+                                contains(*error, "/dev/null") || contains(*error, "eventfd") ||
+                                contains(*error, "copy_file '");
         expect(names_step, std::string(user.what) + ": the EMFILE message names the step: " + *error);
         messages += *error + "\n";
       }
