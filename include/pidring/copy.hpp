@@ -559,6 +559,7 @@ struct copy_outcome {
 
 inline constexpr std::uint64_t default_cfr_chunk = 8ull << 20;
 inline constexpr std::uint64_t default_uring_chunk = 1ull << 20;
+inline constexpr std::uint64_t max_uring_chunk = 64ull << 20;
 
 inline std::uint64_t request_size(std::uint64_t asked, std::uint64_t fallback, std::uint64_t block) {
   if (asked == 0) return fallback;
@@ -617,7 +618,9 @@ inline task<copy_outcome> copy_data(io_context& io, copy_job job, const copy_opt
     if (r.fall_back) method = copy_method::uring;
   }
   if (method == copy_method::uring) {
-    const std::uint64_t chunk = request_size(o.chunk_size, default_uring_chunk, job.block);
+    // Bounded buffers: every lane owns one chunk.
+    const std::uint64_t chunk = std::clamp<std::uint64_t>(
+        request_size(o.chunk_size, default_uring_chunk, job.block), 4096, max_uring_chunk);
     // Two requests per unit of parallelism: one reading while the other writes.
     r = co_await run_uring(io, job.in, job.out, data, chunk, std::max(parallelism, 1u) * 2, progress,
                            stop, who);
@@ -801,6 +804,9 @@ inline task<copy_result> copy_file_impl(io_context& io, std::filesystem::path fr
   if (o.stop.stop_requested()) throw_cancelled(who);
   struct stat src {};
   unique_fd in = open_source(from, src, who);
+  // Our own open file description: a larger read-ahead window helps cold copies (GNU cp does
+  // the same; measured in docs/copy.md).
+  ::posix_fadvise(in.get(), 0, 0, POSIX_FADV_SEQUENTIAL);
   struct stat existing {};
   if (::stat(to.c_str(), &existing) == 0) {
     if (S_ISDIR(existing.st_mode)) throw_errno(EISDIR, who + ": destination is a directory");
