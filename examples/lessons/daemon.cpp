@@ -20,7 +20,6 @@
 
 #include "lesson.hpp"
 
-#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -69,15 +68,14 @@ int main() {
   std::printf("parent: /proc says the daemon's parent is %d (%s)\n", lesson::proc_parent(daemon),
               lesson::proc_parent(daemon) == me ? "us, the subreaper" : "someone else");
 
-  // It is our child now (adopted), but not a pidring child: reap it the classic way, through a
-  // pidfd. Its pid cannot be recycled before we reap it, so pidfd_open(pid) is safe here.
-  int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, daemon, 0));
-  siginfo_t info{};
-  bool reaped = pidfd >= 0 && ::waitid(P_PIDFD, static_cast<id_t>(pidfd), &info, WEXITED) == 0;
-  if (pidfd >= 0) ::close(pidfd);
-  if (!reaped) reaped = ::waitpid(daemon, nullptr, 0) == daemon;
-  std::printf("parent: reaped the daemon: %s\n",
-              reaped ? pidring::exit_status::from_siginfo(info).to_string().c_str() : "FAILED");
+  // It is our child now (adopted), but not a pidring child: nothing to co_await. Reap it the
+  // classic way. waitpid(pid) is safe here: an adopted child's pid cannot be recycled before we
+  // reap it. (The orphans lesson does the same through pidfd_open + waitid.)
+  int status = 0;
+  bool reaped = ::waitpid(daemon, &status, 0) == daemon;
+  std::printf("parent: reaped the daemon with waitpid(): %s\n",
+              reaped ? pidring::exit_status::from_wait_status(status).to_string().c_str()
+                     : "FAILED");
   this_process::set_child_subreaper(false);
 
   std::ifstream log(log_path);

@@ -17,24 +17,26 @@ inline void heading(const char* text) {
   std::fflush(stdout);
 }
 
-// The state letter of /proc/<pid>/stat: R running, S sleeping, Z zombie...; '-' if there is no
-// such process (it was reaped, or never existed).
-inline char proc_state(pid_t pid) {
+// The fields of /proc/<pid>/stat after "pid (comm) ": "S 1234 ..." (state, ppid, ...), or ""
+// if there is no such process. comm may hold spaces and parentheses: look for the last ')'.
+inline std::string stat_fields(pid_t pid) {
   std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
   std::string s;
-  if (!std::getline(f, s)) return '-';
-  // "pid (comm) S ppid ...": comm may contain spaces and parentheses, so look for the last ')'.
+  if (!std::getline(f, s)) return {};
   auto close = s.rfind(')');
-  return close != std::string::npos && close + 2 < s.size() ? s[close + 2] : '?';
+  return close != std::string::npos && close + 2 < s.size() ? s.substr(close + 2) : std::string();
+}
+
+// The state letter: R running, S sleeping, Z zombie...; '-' if there is no such process (it was
+// reaped, or never existed).
+inline char proc_state(pid_t pid) {
+  std::string f = stat_fields(pid);
+  return f.empty() ? '-' : f[0];
 }
 
 inline pid_t proc_parent(pid_t pid) {
-  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
-  std::string s;
-  if (!std::getline(f, s)) return -1;
-  auto close = s.rfind(')');
-  if (close == std::string::npos || close + 4 > s.size()) return -1;
-  return static_cast<pid_t>(std::stol(s.substr(close + 4)));
+  std::string f = stat_fields(pid);
+  return f.size() > 2 ? static_cast<pid_t>(std::stol(f.substr(2))) : -1;
 }
 
 // Every process whose parent is this one, zombies included.
