@@ -172,6 +172,18 @@ TEST_CASE("copy_file: every method copies byte for byte on tmpfs and across file
   auto r = copy(shm / "src", disk / "dst", o);
   CHECK(r.method == copy_method::uring);
   CHECK(test_util::read_file(disk / "dst") == data);
+  fs::remove(disk / "dst");
+  // Made to try copy_file_range anyway, automatic gets EXDEV from the workers' first calls, with
+  // nothing copied, and falls back to the ring; an explicit copy_file_range reports the EXDEV.
+  pidring::detail::copy_hooks().cfr_across_devices = true;
+  r = copy(shm / "src", disk / "dst", o);
+  pidring::detail::copy_hooks().cfr_across_devices = false;
+  CHECK(r.method == copy_method::uring);
+  CHECK(test_util::read_file(disk / "dst") == data);
+  copy_options cfr = with_method(copy_method::copy_file_range, 2);
+  expect_error([&] { copy(shm / "src", disk / "dst2", cfr); }, EXDEV,
+               who(shm / "src", disk / "dst2") + ": copy_file_range");
+  CHECK(entries(disk.path()) == std::vector<std::string>{"dst"});
   fs::remove_all(shm);
 }
 

@@ -109,6 +109,9 @@ struct copy_test_hooks {
   // >= 0: each worker reads one byte (or end of file) from this fd before it starts copying,
   // so a test can act on workers that have certainly not finished.
   int worker_gate = -1;
+  // true: automatic tries copy_file_range first even across file systems (to exercise the
+  // fallback on a real EXDEV).
+  bool cfr_across_devices = false;
 };
 inline copy_test_hooks& copy_hooks() {
   static copy_test_hooks h;
@@ -605,7 +608,8 @@ inline task<copy_outcome> copy_data(io_context& io, copy_job job, const copy_opt
     // Measured here (docs/copy.md): within one file system copy_file_range (in-kernel, no
     // user-space buffer) is the fastest; across file systems it fails (EXDEV) and only the ring
     // works.
-    method = job.same_device ? copy_method::copy_file_range : copy_method::uring;
+    method = job.same_device || copy_hooks().cfr_across_devices ? copy_method::copy_file_range
+                                                                : copy_method::uring;
   }
 
   const unsigned cpus = usable_cpus();
