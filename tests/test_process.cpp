@@ -712,3 +712,30 @@ TEST_CASE("spawn_daemon's grandchild is not our child; with a subreaper it is", 
   CHECK(errno_of([&] { pidring::spawn_daemon(missing); }) == ENOENT);
   CHECK(test_util::child_pids().empty());
 }
+
+TEST_CASE("a child handle that outlives its context is not a use-after-free", "[process]") {
+  pidring::child c;
+  {
+    pidring::io_context io;
+    pidring::command cmd{"sh", "-c", "exit 0"};
+    c = pidring::spawn(io, cmd);
+    pollfd p{c.pidfd(), POLLIN, 0};
+    ::poll(&p, 1, 5000);
+  }
+  CHECK_THROWS_AS(c.wait(), std::logic_error);
+  c = pidring::child{};  // dropped without its context: reaped (it has exited) or orphaned
+  CHECK(test_util::child_pids().empty());
+}
+
+TEST_CASE("a callable spawned inside run does not inherit run's SIGPIPE block", "[process]") {
+  pidring::io_context io;
+  auto t = [&]() -> pidring::task<int> {
+    auto c = pidring::spawn(io, [] {
+      sigset_t m;
+      pthread_sigmask(SIG_SETMASK, nullptr, &m);
+      return sigismember(&m, SIGPIPE);
+    });
+    co_return (co_await c.wait()).code();
+  };
+  CHECK(io.run(t()) == 0);
+}

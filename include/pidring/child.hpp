@@ -59,6 +59,7 @@ inline orphanage& orphans() {
 // identity: after spawn no syscall takes the pid.
 struct process_state {
   io_context* io = nullptr;
+  std::weak_ptr<int> io_alive;  // expired once the context is destroyed
   pid_t pid = -1;
   unique_fd pidfd;
   std::string name;                  // for messages: "'sleep' (pid 123)"
@@ -266,6 +267,8 @@ class child {
 
   const std::shared_ptr<detail::process_state>& checked_state(const char* what) const {
     if (!state_) throw std::logic_error(std::string("child::") + what + ": empty child handle");
+    if (state_->io_alive.expired())
+      throw std::logic_error(std::string("child::") + what + ": its io_context was destroyed");
     return state_;
   }
 
@@ -285,7 +288,11 @@ class child {
         s->send_signal(SIGKILL);
         s->killed = true;
       }
-      if (!s->reap_now()) detail::reap_in_background(std::move(s));
+      if (s->reap_now()) return;
+      if (s->io_alive.expired())
+        detail::orphans().adopt(std::move(s->pidfd));  // its context is gone: reaped later
+      else
+        detail::reap_in_background(std::move(s));
     } catch (...) {
       // Lost (reaped elsewhere) or unsignalable: nothing more to do for it.
     }

@@ -80,6 +80,8 @@ class sigpipe_guard {
     sigpending(&pending);
     was_pending_ = sigismember(&pending, SIGPIPE) == 1;
   }
+  // Whether SIGPIPE was blocked before run(): a forked child restores that.
+  bool was_blocked() const noexcept { return sigismember(&old_, SIGPIPE) == 1; }
   ~sigpipe_guard() {
     sigset_t pending;
     sigpending(&pending);
@@ -213,6 +215,12 @@ class io_context {
       ~stop_running() { r = false; }
     } reset{running_};
     detail::sigpipe_guard guard;
+    struct restore_flag {
+      bool& flag;
+      bool old;
+      ~restore_flag() { flag = old; }
+    } restore{sigpipe_blocked_by_run_, sigpipe_blocked_by_run_};
+    sigpipe_blocked_by_run_ = !guard.was_blocked();
     auto h = t.handle();
     h.resume();
     while (!h.done()) run_once(std::nullopt);
@@ -353,6 +361,8 @@ class io_context {
   std::vector<std::coroutine_handle<>> ready_, resuming_;
   std::atomic<std::thread::id> owner_;
   std::stop_source shutdown_;
+  bool sigpipe_blocked_by_run_ = false;  // run() blocked SIGPIPE on this thread (see sigpipe_guard)
+  std::shared_ptr<int> alive_ = std::make_shared<int>(0);  // expires with the context
   std::mutex remote_mutex_;
   std::vector<std::shared_ptr<detail::cancel_ticket>> remote_;
   detail::unique_fd wake_fd_;
@@ -371,6 +381,10 @@ struct context_access {
   }
   static void arm_remote_wakeup(io_context& io) { io.arm_remote_wakeup(); }
   static std::stop_token shutdown_token(io_context& io) { return io.shutdown_.get_token(); }
+  // Lets an object that may outlive its context (a child handle) tell whether it still exists.
+  static std::weak_ptr<int> lifetime(io_context& io) { return io.alive_; }
+  // A forked child must not keep the SIGPIPE block that run() put on this thread.
+  static bool sigpipe_blocked_by_run(io_context& io) { return io.sigpipe_blocked_by_run_; }
   static bool use_waitid(io_context& io) {
     return io.has_waitid_ && io.options_.use_waitid_op;
   }

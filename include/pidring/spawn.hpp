@@ -254,6 +254,7 @@ inline child make_child(io_context& io, launched l, std::string name, const spaw
                         stdio_fds& fds) {
   auto s = std::make_shared<process_state>();
   s->io = &io;
+  s->io_alive = context_access::lifetime(io);
   s->pid = l.pid;
   s->pidfd.reset(l.pidfd);
   s->name = std::move(name);
@@ -336,6 +337,12 @@ child spawn_callable(io_context& io, const spawn_options& o, F& f) {
   launched l = fork_with_pidfd();
   if (l.error) throw_errno(l.error, "spawn " + who + ": clone3(CLONE_PIDFD)");
   if (l.pid == 0) {
+    if (context_access::sigpipe_blocked_by_run(io)) {
+      sigset_t pipe;
+      sigemptyset(&pipe);
+      sigaddset(&pipe, SIGPIPE);
+      pthread_sigmask(SIG_UNBLOCK, &pipe, nullptr);  // run() blocked it for the ring, not for us
+    }
     if (cwd_fd && ::fchdir(cwd_fd.get()) != 0) ::_exit(127);
     child_setup(plan);  // on failure it exits 127 by itself
     if (!o.name.empty()) ::prctl(PR_SET_NAME, o.name.c_str(), 0, 0, 0);
