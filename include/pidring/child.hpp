@@ -189,7 +189,9 @@ class child {
   explicit child(detail::child_parts parts) noexcept
       : state_(std::move(parts.state)), in_(std::move(parts.in)), out_(std::move(parts.out)),
         err_(std::move(parts.err)) {}
+  /// Moves the handle (and its pipes); `o` becomes empty.
   child(child&&) noexcept = default;
+  /// Drops the child held (as ~child() does), then takes `o`'s.
   child& operator=(child&& o) noexcept {
     if (this != &o) {
       drop();

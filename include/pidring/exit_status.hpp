@@ -55,6 +55,7 @@ class exit_status {
     return "signal " + std::to_string(sig);
   }
 
+  /// Same way of ending, same code or signal, same core flag.
   friend bool operator==(const exit_status&, const exit_status&) = default;
 
  private:

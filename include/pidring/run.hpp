@@ -22,16 +22,23 @@ struct run_options {
   std::optional<std::string> input{};
   /// After this long the child is killed (SIGKILL), reaped, and timed_out is set.
   std::optional<std::chrono::nanoseconds> timeout{};
-  /// Capture stdout / stderr into completed::out / err (else they are inherited).
-  bool capture_out = true, capture_err = true;
+  /// Capture stdout into completed::out (else it is inherited).
+  bool capture_out = true;
+  /// Capture stderr into completed::err (else it is inherited).
+  bool capture_err = true;
   /// Everything else about the child; its in/out/err are set by run().
   spawn_options spawn{};
 };
 
 /// What run() gives back.
 struct completed {
+  /// How the child ended (SIGKILL when the timeout fired).
   exit_status status = exit_status::from_wait_status(0);
-  std::string out{}, err{};
+  /// What it wrote to stdout (if captured).
+  std::string out{};
+  /// What it wrote to stderr (if captured).
+  std::string err{};
+  /// True if run_options::timeout fired and the child was killed.
   bool timed_out = false;
 };
 

@@ -32,13 +32,16 @@ namespace pidring {
 /// No shell is involved: every argument reaches the program exactly as given.
 class command {
  public:
+  /// `command{"ls", "-l"}`: the program, then its arguments.
   command(std::initializer_list<std::string> argv) : argv_(argv) {}
+  /// The whole argv at once.
   explicit command(std::vector<std::string> argv) : argv_(std::move(argv)) {}
   /// Appends an argument.
   command& arg(std::string a) {
     argv_.push_back(std::move(a));
     return *this;
   }
+  /// The program and its arguments.
   const std::vector<std::string>& argv() const noexcept { return argv_; }
 
  private:
@@ -48,6 +51,7 @@ class command {
 /// What one of a child's fds 0, 1, 2 is.
 class stdio {
  public:
+  /// Which of the choices below this is.
   enum class kind { inherit, null, pipe, fd, to_stdout };
 
   /// The parent's own fd (the default).
@@ -61,6 +65,7 @@ class stdio {
   /// For err only: the same as the child's stdout (2>&1).
   static stdio to_stdout() noexcept { return stdio(kind::to_stdout, -1); }
 
+  /// Which choice this is.
   kind what() const noexcept { return kind_; }
   /// The parent fd of stdio::fd(n), else -1.
   int number() const noexcept { return fd_; }
@@ -79,8 +84,12 @@ struct spawn_options {
   std::optional<std::filesystem::path> cwd{};
   /// The whole environment ("K=V" each); nullopt inherits the parent's.
   std::optional<std::vector<std::string>> env{};
-  /// The child's fds 0, 1, 2.
-  stdio in = stdio::inherit(), out = stdio::inherit(), err = stdio::inherit();
+  /// The child's fd 0.
+  stdio in = stdio::inherit();
+  /// The child's fd 1.
+  stdio out = stdio::inherit();
+  /// The child's fd 2 (stdio::to_stdout() for 2>&1).
+  stdio err = stdio::inherit();
   /// Kept open in the child (at the same numbers); every other fd >= 3 is closed.
   std::vector<int> pass_fds{};
   /// PR_SET_PDEATHSIG: signal the child gets when the spawning *thread* ends (0: none).

@@ -111,12 +111,18 @@ class task_promise<void> : public task_promise_base {
 template <class T>
 class [[nodiscard]] task {
  public:
+  /// The coroutine promise (the compiler uses it; users need not).
   using promise_type = detail::task_promise<T>;
+  /// What co_await on the task gives.
   using value_type = T;
 
+  /// An empty task (valid() == false).
   task() noexcept = default;
+  /// Takes ownership of a coroutine (used by the promise).
   explicit task(std::coroutine_handle<promise_type> h) noexcept : h_(h) {}
+  /// Moves the coroutine; `o` becomes empty.
   task(task&& o) noexcept : h_(std::exchange(o.h_, {})) {}
+  /// Destroys the coroutine held (if any), then takes `o`'s.
   task& operator=(task&& o) noexcept {
     if (this != &o) {
       if (h_) h_.destroy();
@@ -133,7 +139,9 @@ class [[nodiscard]] task {
   /// True if this task holds a coroutine.
   bool valid() const noexcept { return static_cast<bool>(h_); }
 
+  /// What co_await uses: starts the task and resumes the awaiter when it ends.
   struct awaiter {
+    /// The task's coroutine.
     std::coroutine_handle<promise_type> h;
     bool await_ready() const noexcept { return !h || h.done(); }
     bool await_suspend(std::coroutine_handle<> awaiting) noexcept {
@@ -141,6 +149,7 @@ class [[nodiscard]] task {
     }
     T await_resume() { return h.promise().result(); }
   };
+  /// co_await std::move(t) (or on a temporary): runs the task, gives its value or rethrows.
   awaiter operator co_await() && noexcept { return awaiter{h_}; }
 
   /// For io_context: the coroutine handle (still owned by the task).
