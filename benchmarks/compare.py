@@ -50,6 +50,12 @@ def printed_seconds(cmd):
     return float(out_of(cmd).split()[0])
 
 
+def printed_pair(cmd):
+    """A program that prints two numbers (seconds, its own CPU seconds)."""
+    v = out_of(cmd).split()
+    return float(v[0]), float(v[1])
+
+
 def wall_seconds(cmd):
     """A program timed from outside (cp, io_uring-cp): start to exit, as a user sees it.
     Returns None when the program says the method is not supported here (exit 4 or 5)."""
@@ -92,24 +98,36 @@ def loadavg():
 def w_spawn(a, R):
     b = a.bin
     R["spawn"] = {}
+    R["spawn_cpu"] = {}
     for k in (1, 64):
         log(f"spawn + wait of /bin/true: {a.spawn_n} children, {k} in flight")
         targets = [
-            ("pidring (WAITID)", lambda k=k: printed_seconds([f"{b}/bench_spawn", "pidring-waitid", str(a.spawn_n), str(k)])),
-            ("pidring (pidfd poll)", lambda k=k: printed_seconds([f"{b}/bench_spawn", "pidring-poll", str(a.spawn_n), str(k)])),
-            ("posix_spawn + waitpid (C floor)", lambda k=k: printed_seconds([f"{b}/bench_spawn", "posix_spawn", str(a.spawn_n), str(k)])),
-            ("fork + execve + waitpid", lambda k=k: printed_seconds([f"{b}/bench_spawn", "fork-exec", str(a.spawn_n), str(k)])),
+            ("pidring (WAITID)", lambda k=k: printed_pair([f"{b}/bench_spawn", "pidring-waitid", str(a.spawn_n), str(k)])),
+            ("pidring (pidfd poll)", lambda k=k: printed_pair([f"{b}/bench_spawn", "pidring-poll", str(a.spawn_n), str(k)])),
+            ("posix_spawn + waitpid (C floor)", lambda k=k: printed_pair([f"{b}/bench_spawn", "posix_spawn", str(a.spawn_n), str(k)])),
+            ("fork + execve + waitpid", lambda k=k: printed_pair([f"{b}/bench_spawn", "fork-exec", str(a.spawn_n), str(k)])),
         ]
         if os.path.exists(f"{b}/bench_boost_spawn"):
-            targets.append(("Boost.Process v2 async_wait", lambda k=k: printed_seconds([f"{b}/bench_boost_spawn", str(a.spawn_n), str(k)])))
+            targets.append(("Boost.Process v2 async_wait", lambda k=k: printed_pair([f"{b}/bench_boost_spawn", str(a.spawn_n), str(k)])))
         targets += [
-            ("asyncio (default watcher)", lambda k=k: printed_seconds([PY, f"{HERE}/spawn_asyncio.py", "default", str(a.spawn_n), str(k)])),
-            ("asyncio (PidfdChildWatcher)", lambda k=k: printed_seconds([PY, f"{HERE}/spawn_asyncio.py", "pidfd", str(a.spawn_n), str(k)])),
+            ("asyncio (default watcher)", lambda k=k: printed_pair([PY, f"{HERE}/spawn_asyncio.py", "default", str(a.spawn_n), str(k)])),
+            ("asyncio (PidfdChildWatcher)", lambda k=k: printed_pair([PY, f"{HERE}/spawn_asyncio.py", "pidfd", str(a.spawn_n), str(k)])),
         ]
         if shutil.which("node"):
-            targets.append(("Node child_process.spawn", lambda k=k: printed_seconds(["node", f"{HERE}/spawn_node.js", str(a.spawn_n), str(k)])))
-        med, _ = interleave(targets, a.rounds)
+            targets.append(("Node child_process.spawn", lambda k=k: printed_pair(["node", f"{HERE}/spawn_node.js", str(a.spawn_n), str(k)])))
+        cpu = {name: [] for name, _ in targets}
+
+        def with_cpu(name, fn):
+            # The programs print "<seconds> <own CPU seconds>"; the CPU is kept on the side.
+            def run():
+                out = fn()
+                cpu[name].append(out[1])
+                return out[0]
+            return (name, run)
+
+        med, _ = interleave([with_cpu(n_, f) for n_, f in targets], a.rounds)
         R["spawn"][str(k)] = med
+        R["spawn_cpu"][str(k)] = {n_: statistics.median(v[1:]) if len(v) > 1 else None for n_, v in cpu.items()}
 
 
 def w_heap(a, R):

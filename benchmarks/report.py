@@ -50,6 +50,15 @@ def targets(R):
             r = ratio(m.get(peer), mine)
             rows.append((f"spawn+wait /bin/true, {k} in flight", f"vs {peer}", fmt(r) + "×",
                          f"≥ {need}×", None if r is None else r >= need))
+    cpu = R.get("spawn_cpu", {})
+    for k in ("1", "64"):
+        m = cpu.get(k, {})
+        mine = m.get(PIDRING)
+        for peer in ("asyncio (default watcher)", "asyncio (PidfdChildWatcher)", "Node child_process.spawn"):
+            r = ratio(m.get(peer), mine)
+            if r is not None:
+                rows.append((f"spawn+wait /bin/true, {k} in flight", f"parent CPU: {peer} / pidring (context)",
+                             fmt(r) + "×", "—", None))
     h = R.get("heap", {}).get("pidring-waitid")
     if h:
         r = h["big"] / h["small"]
@@ -227,13 +236,23 @@ def document(R, plots, notes, doc):
         n = c["spawn_n"]
         L.append(f"## spawn + wait of `/bin/true`\n")
         L.append(f"{n} children, one at a time and 64 in flight. Each program times its own loop (interpreter "
-                 "start-up is not counted). The pidring column divides the peer's time by pidring's "
-                 "(WAITID path).\n")
+                 "start-up is not counted). In brackets, the peer's time over pidring's (WAITID path). The "
+                 "parent's CPU per child is the spawning process's own user + system time (getrusage "
+                 "RUSAGE_SELF, process.cpuUsage for Node; all its threads, none of the children's) divided by "
+                 "the number of children.\n")
         rows = []
+        cpu = R.get("spawn_cpu", {})
+
+        def cpu_of(k, peer):
+            v = cpu.get(k, {}).get(peer)
+            return "n/a" if v is None else f"{v / n * 1e3:.2f} ms"
+
         for peer in sp["1"]:
             rows.append((peer, *[f"{n / sp[k][peer]:.0f}/s ({fmt(ratio(sp[k][peer], sp[k].get(PIDRING)))}×)"
-                                 if sp[k].get(peer) else "n/a" for k in ("1", "64")]))
-        L.append(md_table(["Program", "1 in flight (pidring ×)", "64 in flight (pidring ×)"], rows))
+                                 if sp[k].get(peer) else "n/a" for k in ("1", "64")],
+                         cpu_of("1", peer), cpu_of("64", peer)))
+        L.append(md_table(["Program", "1 in flight (pidring ×)", "64 in flight (pidring ×)",
+                           "parent CPU per child, 1", "parent CPU per child, 64"], rows))
         L.append("")
         if "spawn" in plots:
             L.append(f"![spawn throughput]({rel(plots['spawn'])})\n")
