@@ -98,7 +98,7 @@ load_report many_children(std::size_t n, std::chrono::seconds budget) {
 // for a CPU): past this budget the test goes on with the children it has, and says so.
 std::chrono::seconds spawn_budget() {
   if (const char* env = std::getenv("PIDRING_RELIABILITY_SPAWN_BUDGET")) return std::chrono::seconds(std::atol(env));
-  return std::chrono::seconds(40);
+  return std::chrono::seconds(30);
 }
 
 std::size_t wanted_children() {
