@@ -14,6 +14,7 @@
 #include <chrono>
 #include <filesystem>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <functional>
 #include <optional>
@@ -232,6 +233,7 @@ void emfile_scenario() {
     pidring::io_context io;
     for (const fd_user& user : fd_users()) io.run(user.body(io));
   }
+  if (std::getenv("PIDRING_RELIABILITY_VERBOSE") != nullptr) std::fputs(messages.c_str(), stderr);
   expect(test_util::open_fds() == before_all, "the whole scenario leaks no fd");
 }
 
