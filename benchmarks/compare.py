@@ -37,10 +37,10 @@ def out_of(cmd, **kw):
     return subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True, **kw).stdout.strip()
 
 
-def try_out(cmd):
+def try_out(cmd, timeout=60):
     try:
         return subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              timeout=60).stdout.strip()
+                              timeout=timeout).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return ""
 
@@ -355,7 +355,7 @@ def w_profile(a, R):
             lines = [l for l in txt.splitlines() if not re.fullmatch(r"[0-9.]+", l.strip())]
             prof[f"strace -c -f bench_spawn {mode} 100 1"] = "\n".join(lines[:22])
     if os.path.exists(f"{a.bin}/bench_micro"):
-        prof["bench_micro (Google Benchmark)"] = try_out([f"{a.bin}/bench_micro", "--benchmark_min_time=0.3"])
+        prof["bench_micro (Google Benchmark)"] = try_out([f"{a.bin}/bench_micro", "--benchmark_min_time=0.3"], timeout=600)
     R["profile"] = prof
 
 
