@@ -359,8 +359,9 @@ def document(R, plots, notes, doc):
     if prof:
         L.append("## Profiles\n")
         L.append("Taken by the same run, to explain the figures above: software counters (this VM exposes no "
-                 "hardware counters), system call counts, and Google Benchmark's micro benchmarks of the "
-                 "runtime's fixed costs.\n")
+                 "hardware counters), system call counts (`strace -c -f` follows the children, and its times include "
+                 "ptrace stops: read the counts), and Google Benchmark's micro benchmarks of the "
+                 "runtime's fixed costs (its DEBUG warning is about Debian's build of the library, not ours).\n")
         for k, v in prof.items():
             L.append(f"`{k}`\n\n```\n{v}\n```\n")
     with open(doc, "w") as f:
