@@ -159,8 +159,12 @@ struct stdio_fds {
   }
 };
 
-inline void plan_common(launch_plan& plan, const spawn_options& o, stdio_fds& fds,
-                        const std::string& who) {
+// Sets up the child's stdio (pipes, /dev/null) and what every launch shares: fds to keep,
+// session, death signal.
+inline void prepare_launch(launch_plan& plan, const spawn_options& o, stdio_fds& fds,
+                           const std::string& who) {
+  const stdio targets[3] = {o.in, o.out, o.err};
+  fds.setup(targets, who);
   std::copy(std::begin(fds.src), std::end(fds.src), plan.stdio_src);
   plan.err_to_out = fds.err_to_out;
   for (int fd : o.pass_fds) {
@@ -259,6 +263,19 @@ struct exec_image {
   }
 };
 
+// Everything starting a program needs, prepared in the parent.
+struct program_launch {
+  launch_plan plan;  // first: the image below fills it in
+  exec_image image;
+  std::string who;   // "'ls'", for messages
+  stdio_fds fds;
+
+  program_launch(const command& cmd, const spawn_options& o)
+      : image(cmd, o, plan), who(quoted(printable(cmd.argv()[0]))) {
+    prepare_launch(plan, o, fds, who);
+  }
+};
+
 inline child make_child(io_context& io, launched l, std::string name, const spawn_options& o,
                         stdio_fds& fds) {
   auto s = std::make_shared<process_state>();
@@ -330,10 +347,8 @@ child spawn_callable(io_context& io, const spawn_options& o, F& f) {
   refuse_threaded_fork(o, who);
   orphans().sweep();
   stdio_fds fds;
-  const stdio s[3] = {o.in, o.out, o.err};
-  fds.setup(s, who);
   launch_plan plan;
-  plan_common(plan, o, fds, who);
+  prepare_launch(plan, o, fds, who);
   plan.reset_signals = false;  // fork semantics: the callable keeps the parent's handlers
   // The working directory is opened here, so a bad one is an error of spawn() itself; the
   // child only fchdir()s to it (and closes it with every other fd it does not keep).
@@ -369,20 +384,14 @@ child spawn_callable(io_context& io, const spawn_options& o, F& f) {
 /// and a parent with a large heap spawns as fast as a small one.
 inline child spawn(io_context& io, const command& cmd, const spawn_options& o = {}) {
   detail::orphans().sweep();
-  detail::launch_plan plan;
-  detail::exec_image image(cmd, o, plan);
-  const std::string who = detail::quoted(detail::printable(cmd.argv()[0]));
-  detail::stdio_fds fds;
-  const stdio s[3] = {o.in, o.out, o.err};
-  fds.setup(s, who);
-  detail::plan_common(plan, o, fds, who);
-  detail::launched l = detail::launch_exec(plan);
-  if (l.error) detail::throw_errno(l.error, "spawn " + who + ": clone3");
-  if (plan.error) {
+  detail::program_launch p(cmd, o);
+  detail::launched l = detail::launch_exec(p.plan);
+  if (l.error) detail::throw_errno(l.error, "spawn " + p.who + ": clone3");
+  if (p.plan.error) {
     detail::reap_failed(l);
-    image.throw_failure(plan, "spawn " + who);
+    p.image.throw_failure(p.plan, "spawn " + p.who);
   }
-  return detail::make_child(io, l, who, o, fds);
+  return detail::make_child(io, l, p.who, o, p.fds);
 }
 
 /// Runs f(args...) in a forked child (multiprocessing.Process(target=f, args=...)). Its int
@@ -471,13 +480,9 @@ daemon_report double_fork(const std::string& who, Start start) {
 /// cannot be awaited; see this_process::set_child_subreaper). Start failures throw as spawn() does.
 inline pid_t spawn_daemon(const command& cmd, const spawn_options& options = {}) {
   spawn_options o = detail::daemon_options(options);
-  detail::launch_plan plan;
-  detail::exec_image image(cmd, o, plan);
-  const std::string who = detail::quoted(detail::printable(cmd.argv()[0]));
-  detail::stdio_fds fds;
-  const stdio s[3] = {o.in, o.out, o.err};
-  fds.setup(s, who);
-  detail::plan_common(plan, o, fds, who);
+  detail::program_launch p(cmd, o);
+  detail::launch_plan& plan = p.plan;
+  const std::string& who = p.who;
   detail::daemon_report r = detail::double_fork(who, [&](detail::daemon_report& r) {
     detail::launched l = detail::launch_exec(plan);
     if (l.error) {
@@ -500,7 +505,7 @@ inline pid_t spawn_daemon(const command& cmd, const spawn_options& options = {})
     reported.error = r.error;
     reported.failed_step = r.step;
     reported.failed_candidate = r.candidate;
-    image.throw_failure(reported, "spawn_daemon " + who);
+    p.image.throw_failure(reported, "spawn_daemon " + who);
   }
   return r.pid;
 }
@@ -514,10 +519,8 @@ pid_t spawn_daemon(const spawn_options& options, F&& f, Args&&... args) {
   const std::string who = detail::quoted(o.name.empty() ? std::string("callable") : o.name);
   detail::refuse_threaded_fork(o, who);
   detail::stdio_fds fds;
-  const stdio s[3] = {o.in, o.out, o.err};
-  fds.setup(s, who);
   detail::launch_plan plan;
-  detail::plan_common(plan, o, fds, who);
+  detail::prepare_launch(plan, o, fds, who);
   plan.reset_signals = false;
   auto call = [fn = std::forward<F>(f), ... a = std::forward<Args>(args)]() mutable {
     return std::invoke(fn, a...);

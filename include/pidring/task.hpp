@@ -270,35 +270,37 @@ auto when_all(A... awaitables) {
   return detail::when_all_impl(std::move(awaitables)...);
 }
 
-/// Awaits every task of the vector concurrently; results in the same order.
+namespace detail {
+// Runs every task of the vector concurrently; the children hold the results, in order.
 template <class T>
-task<std::vector<T>> when_all(std::vector<task<T>> tasks) {
-  std::vector<detail::when_all_child<T>> children;
+task<std::vector<when_all_child<value_or_monostate<T>>>> when_all_vector(std::vector<task<T>> tasks) {
+  std::vector<when_all_child<value_or_monostate<T>>> children;
   children.reserve(tasks.size());
-  for (auto& t : tasks) children.push_back(detail::make_when_all_child(std::move(t)));
-  detail::when_all_state state;
+  for (auto& t : tasks) children.push_back(make_when_all_child(std::move(t)));
+  when_all_state state;
   auto start_all = [&] {
     for (auto& c : children) c.start(state);
   };
-  co_await detail::when_all_awaiter<decltype(start_all)>{state, children.size(), start_all};
+  co_await when_all_awaiter<decltype(start_all)>{state, children.size(), start_all};
   if (state.first_error) std::rethrow_exception(state.first_error);
+  co_return children;
+}
+}  // namespace detail
+
+/// Awaits every task of the vector concurrently; results in the same order. If some fail, the
+/// first exception (in time) is rethrown after all have finished.
+template <class T>
+task<std::vector<T>> when_all(std::vector<task<T>> tasks) {
+  auto children = co_await detail::when_all_vector(std::move(tasks));
   std::vector<T> out;
   out.reserve(children.size());
   for (auto& c : children) out.push_back(c.take());
   co_return out;
 }
 
-/// Awaits every task of the vector concurrently.
+/// Awaits every task of the vector concurrently (rethrowing as above).
 inline task<void> when_all(std::vector<task<void>> tasks) {
-  std::vector<detail::when_all_child<std::monostate>> children;
-  children.reserve(tasks.size());
-  for (auto& t : tasks) children.push_back(detail::make_when_all_child(std::move(t)));
-  detail::when_all_state state;
-  auto start_all = [&] {
-    for (auto& c : children) c.start(state);
-  };
-  co_await detail::when_all_awaiter<decltype(start_all)>{state, children.size(), start_all};
-  if (state.first_error) std::rethrow_exception(state.first_error);
+  co_await detail::when_all_vector(std::move(tasks));
 }
 
 }  // namespace pidring
