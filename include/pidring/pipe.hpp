@@ -8,11 +8,13 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstring>
+#include <memory>
 #include <optional>
 #include <span>
 #include <stop_token>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace pidring {
 
@@ -110,19 +112,29 @@ class pipe_reader {
       pos_ = 0;
     }
     if (eof_) co_return true;
-    std::size_t want = chunk;
+    // Reads land in uninitialised 1 MiB blocks that are joined once at the end: growing `out`
+    // read by read zero-filled every chunk and copied the whole string at each doubling.
+    std::vector<std::unique_ptr<char[]>> blocks;
+    std::size_t last_used = block_size;  // bytes filled in blocks.back()
+    auto join = [&] {
+      std::size_t total = blocks.empty() ? 0 : (blocks.size() - 1) * block_size + last_used;
+      out.reserve(out.size() + total);
+      for (std::size_t i = 0; i < blocks.size(); ++i)
+        out.append(blocks[i].get(), i + 1 == blocks.size() ? last_used : block_size);
+    };
     for (;;) {
-      std::size_t old = out.size();
-      out.resize(old + want);
-      int n = co_await read_raw(out.data() + old, want, stop);
-      out.resize(old + static_cast<std::size_t>(std::max(n, 0)));
-      if (n == -ECANCELED) co_return false;
-      if (n == 0) {
-        eof_ = true;
-        co_return true;
+      if (last_used == block_size) {
+        blocks.push_back(std::make_unique_for_overwrite<char[]>(block_size));
+        last_used = 0;
       }
-      // Larger reads for larger outputs: fewer round trips on big transfers.
-      if (static_cast<std::size_t>(n) == want) want = std::min<std::size_t>(want * 2, 1 << 20);
+      int n = co_await read_raw(blocks.back().get() + last_used, block_size - last_used, stop);
+      if (n > 0) {
+        last_used += static_cast<std::size_t>(n);
+        continue;
+      }
+      join();
+      if (n == 0) eof_ = true;
+      co_return n == 0;
     }
   }
 
@@ -131,6 +143,7 @@ class pipe_reader {
 
  private:
   static constexpr std::size_t chunk = 64 * 1024;
+  static constexpr std::size_t block_size = 1 << 20;
 
   std::size_t take_buffered(std::span<std::byte> buf) {
     std::size_t n = std::min(buf.size(), buffer_.size() - pos_);
