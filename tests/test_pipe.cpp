@@ -11,6 +11,7 @@
 #include <catch2/matchers/catch_matchers_string.hpp>
 
 #include "test_util.hpp"
+#include "wait_paths.hpp"
 
 #include <chrono>
 #include <csignal>
@@ -22,11 +23,6 @@ using clock_type = std::chrono::steady_clock;
 
 namespace {
 
-pidring::context_options wait_path() {
-  pidring::context_options o;
-  o.use_waitid_op = GENERATE(true, false);
-  return o;
-}
 
 pidring::task<void> write_lines(pidring::pipe_writer& w, int count) {
   std::string all;
@@ -44,7 +40,7 @@ pidring::task<std::vector<std::string>> read_lines(pidring::pipe_reader& r) {
 }  // namespace
 
 TEST_CASE("run captures stdout, stderr and the exit code", "[pipe]") {
-  pidring::io_context io(wait_path());
+  pidring::io_context io(test_util::wait_paths());
   auto t = [&]() -> pidring::task<pidring::completed> {
     pidring::command cmd{"sh", "-c", "echo hi; echo oops >&2; exit 3"};
     co_return co_await pidring::run(io, cmd);
@@ -57,7 +53,7 @@ TEST_CASE("run captures stdout, stderr and the exit code", "[pipe]") {
 }
 
 TEST_CASE("4 MiB in through stdin while 2 MiB come out of stderr: no deadlock", "[pipe]") {
-  pidring::io_context io(wait_path());
+  pidring::io_context io(test_util::wait_paths());
   auto t = [&]() -> pidring::task<pidring::completed> {
     pidring::run_options o;
     o.input = std::string(std::size_t{4} << 20, 'i');
@@ -72,7 +68,7 @@ TEST_CASE("4 MiB in through stdin while 2 MiB come out of stderr: no deadlock", 
 }
 
 TEST_CASE("10,000 lines through cat with an exact end of file", "[pipe]") {
-  pidring::io_context io(wait_path());
+  pidring::io_context io(test_util::wait_paths());
   auto t = [&]() -> pidring::task<void> {
     pidring::spawn_options o;
     o.in = pidring::stdio::pipe();
@@ -141,7 +137,7 @@ TEST_CASE("2>&1 keeps the order of stdout and stderr", "[pipe]") {
 }
 
 TEST_CASE("a timeout returns soon even while a grandchild holds the pipes", "[pipe]") {
-  pidring::io_context io(wait_path());
+  pidring::io_context io(test_util::wait_paths());
   auto t = [&]() -> pidring::task<pidring::completed> {
     pidring::run_options o;
     o.timeout = 200ms;
@@ -172,7 +168,7 @@ TEST_CASE("a child that exits while a grandchild holds the pipes does not hang r
 }
 
 TEST_CASE("writing to a child that exited throws EPIPE; SIGPIPE neither kills nor changes", "[pipe]") {
-  pidring::io_context io(wait_path());
+  pidring::io_context io(test_util::wait_paths());
   struct sigaction before {}, after {};
   ::sigaction(SIGPIPE, nullptr, &before);
   auto t = [&]() -> pidring::task<int> {

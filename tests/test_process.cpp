@@ -12,6 +12,7 @@
 #include <catch2/matchers/catch_matchers_string.hpp>
 
 #include "test_util.hpp"
+#include "wait_paths.hpp"
 
 #include <fcntl.h>
 #include <sys/prctl.h>
@@ -34,12 +35,6 @@ using clock_type = std::chrono::steady_clock;
 
 namespace {
 
-// Both ways the kernel can tell us a child ended: IORING_OP_WAITID, and a poll on the pidfd.
-pidring::context_options wait_path() {
-  pidring::context_options o;
-  o.use_waitid_op = GENERATE(true, false);
-  return o;
-}
 
 int errno_of(const std::function<void()>& f) {
   try {
@@ -92,7 +87,7 @@ int in_forked_process(F body) {
 }  // namespace
 
 TEST_CASE("exit codes of many concurrent children are exact", "[process]") {
-  pidring::io_context io(wait_path());
+  pidring::io_context io(test_util::wait_paths());
   INFO("use_waitid_op=" << io.options().use_waitid_op);
   auto t = [&]() -> pidring::task<void> {
     std::vector<pidring::child> children;
@@ -112,7 +107,7 @@ TEST_CASE("exit codes of many concurrent children are exact", "[process]") {
 }
 
 TEST_CASE("a callable child's return value is its exit code", "[process]") {
-  pidring::io_context io(wait_path());
+  pidring::io_context io(test_util::wait_paths());
   auto t = [&]() -> pidring::task<void> {
     auto doubled = pidring::spawn(io, [](int n) { return n * 2; }, 21);
     auto nothing = pidring::spawn(io, [] {});
@@ -126,7 +121,7 @@ TEST_CASE("a callable child's return value is its exit code", "[process]") {
 }
 
 TEST_CASE("a callable child's writes to memory are invisible to the parent", "[process]") {
-  pidring::io_context io(wait_path());
+  pidring::io_context io(test_util::wait_paths());
   int value = 1;
   auto t = [&]() -> pidring::task<void> {
     auto c = pidring::spawn(io, [&value] {
@@ -141,7 +136,7 @@ TEST_CASE("a callable child's writes to memory are invisible to the parent", "[p
 }
 
 TEST_CASE("abort gives SIGABRT and the core-dump flag", "[process]") {
-  pidring::io_context io(wait_path());
+  pidring::io_context io(test_util::wait_paths());
   test_util::temp_dir dir;
   // A core of a sanitized process maps terabytes of shadow memory: check the flag only without.
 #if defined(__SANITIZE_ADDRESS__)
@@ -181,7 +176,7 @@ TEST_CASE("abort gives SIGABRT and the core-dump flag", "[process]") {
 }
 
 TEST_CASE("a parent that blocks and ignores SIGTERM still kills its child with SIGTERM", "[process]") {
-  pidring::io_context io(wait_path());
+  pidring::io_context io(test_util::wait_paths());
   sigset_t term, old_mask;
   sigemptyset(&term);
   sigaddset(&term, SIGTERM);
@@ -248,7 +243,7 @@ TEST_CASE("spawn errors name the step and the path", "[process]") {
 }
 
 TEST_CASE("wait twice, concurrently and try_wait all agree", "[process]") {
-  pidring::io_context io(wait_path());
+  pidring::io_context io(test_util::wait_paths());
   auto t = [&]() -> pidring::task<void> {
     pidring::command cmd{"sh", "-c", "exit 7"};
     auto c = pidring::spawn(io, cmd);
@@ -266,7 +261,7 @@ TEST_CASE("wait twice, concurrently and try_wait all agree", "[process]") {
 }
 
 TEST_CASE("try_wait is WNOHANG: empty while running, the status once ended", "[process]") {
-  pidring::io_context io(wait_path());
+  pidring::io_context io(test_util::wait_paths());
   auto t = [&]() -> pidring::task<void> {
     pidring::command cmd{"sleep", "0.2"};
     auto c = pidring::spawn(io, cmd);
@@ -280,7 +275,7 @@ TEST_CASE("try_wait is WNOHANG: empty while running, the status once ended", "[p
 }
 
 TEST_CASE("wait_for times out leaving the child running, then succeeds", "[process]") {
-  pidring::io_context io(wait_path());
+  pidring::io_context io(test_util::wait_paths());
   auto t = [&]() -> pidring::task<void> {
     pidring::command cmd{"sleep", "0.3"};
     auto c = pidring::spawn(io, cmd);
@@ -299,7 +294,7 @@ TEST_CASE("wait_for times out leaving the child running, then succeeds", "[proce
 }
 
 TEST_CASE("a child that exits before wait_for is called is reported at once", "[process]") {
-  pidring::io_context io(wait_path());
+  pidring::io_context io(test_util::wait_paths());
   auto t = [&]() -> pidring::task<void> {
     pidring::command cmd{"true"};
     auto c = pidring::spawn(io, cmd);
@@ -313,7 +308,7 @@ TEST_CASE("a child that exits before wait_for is called is reported at once", "[
 }
 
 TEST_CASE("a cancelled wait leaves the child alive", "[process]") {
-  pidring::io_context io(wait_path());
+  pidring::io_context io(test_util::wait_paths());
   auto t = [&]() -> pidring::task<void> {
     pidring::command cmd{"sleep", "30"};
     auto c = pidring::spawn(io, cmd);
@@ -333,7 +328,7 @@ TEST_CASE("a cancelled wait leaves the child alive", "[process]") {
 }
 
 TEST_CASE("kill after exit is harmless", "[process]") {
-  pidring::io_context io(wait_path());
+  pidring::io_context io(test_util::wait_paths());
   auto t = [&]() -> pidring::task<void> {
     pidring::command cmd{"true"};
     auto c = pidring::spawn(io, cmd);
@@ -348,7 +343,7 @@ TEST_CASE("kill after exit is harmless", "[process]") {
 }
 
 TEST_CASE("shutdown sends SIGTERM, then SIGKILL after the grace period", "[process]") {
-  pidring::io_context io(wait_path());
+  pidring::io_context io(test_util::wait_paths());
   auto t = [&]() -> pidring::task<void> {
     pidring::command polite{"sleep", "30"};
     auto a = pidring::spawn(io, polite);
@@ -367,7 +362,7 @@ TEST_CASE("shutdown sends SIGTERM, then SIGKILL after the grace period", "[proce
 }
 
 TEST_CASE("dropped and detached children are reaped while the context runs", "[process]") {
-  pidring::io_context io(wait_path());
+  pidring::io_context io(test_util::wait_paths());
   auto t = [&]() -> pidring::task<void> {
     {
       pidring::command quick{"sh", "-c", "sleep 0.05"};
@@ -389,7 +384,7 @@ TEST_CASE("dropped and detached children are reaped while the context runs", "[p
 
 TEST_CASE("a kill_on_drop child dropped at the end of run is reaped by the context's end", "[process]") {
   {
-    pidring::io_context io(wait_path());
+    pidring::io_context io(test_util::wait_paths());
     auto t = [&]() -> pidring::task<void> {
       pidring::spawn_options killer;
       killer.kill_on_drop = true;
@@ -423,7 +418,7 @@ TEST_CASE("a child sees only fds 0-2 and pass_fds, even of a parent without O_CL
 }
 
 TEST_CASE("a callable child also closes every fd but 0-2 and pass_fds", "[process]") {
-  pidring::io_context io(wait_path());
+  pidring::io_context io(test_util::wait_paths());
   int leaky = ::open("/dev/null", O_RDONLY);
   REQUIRE(leaky >= 0);
   auto t = [&]() -> pidring::task<int> {
@@ -526,7 +521,7 @@ TEST_CASE("spawning a callable in a threaded process is refused unless allowed",
 }
 
 TEST_CASE("wait_any gives the first child to end; the others keep running", "[process]") {
-  pidring::io_context io(wait_path());
+  pidring::io_context io(test_util::wait_paths());
   auto t = [&]() -> pidring::task<void> {
     pidring::command slow{"sleep", "30"};
     pidring::command quick{"sh", "-c", "exit 3"};
@@ -578,7 +573,7 @@ TEST_CASE("pidring needs no SIGCHLD and leaves its disposition alone", "[process
     set.sa_handler = handler;
     ::sigaction(SIGCHLD, &set, &old);
     {
-      pidring::io_context io(wait_path());
+      pidring::io_context io(test_util::wait_paths());
       auto t = [&]() -> pidring::task<int> {
         pidring::command cmd{"sh", "-c", "exit 4"};
         auto c = pidring::spawn(io, cmd);
@@ -599,7 +594,7 @@ TEST_CASE("pidring needs no SIGCHLD and leaves its disposition alone", "[process
 }
 
 TEST_CASE("a child reaped elsewhere is recovered from its pidfd or reported lost, never a hang", "[process]") {
-  pidring::io_context io(wait_path());
+  pidring::io_context io(test_util::wait_paths());
   auto t = [&]() -> pidring::task<void> {
     pidring::command cmd{"sh", "-c", "exit 6"};
     auto c = pidring::spawn(io, cmd);
