@@ -8,6 +8,7 @@
 #include <pidring/detail/copy_plan.hpp>
 #include <pidring/detail/error.hpp>
 #include <pidring/io_context.hpp>
+#include <pidring/pipe.hpp>
 #include <pidring/spawn.hpp>
 #include <pidring/task.hpp>
 
@@ -169,26 +170,8 @@ class progress_reporter {
   std::chrono::steady_clock::time_point last_{};
 };
 
-// ---- ring operations with explicit offsets (never the descriptor's file position) -----------
+// ---- ring operations (reads and writes: read_prep/write_prep of pipe.hpp, at explicit offsets) --
 
-struct pread_prep {
-  int fd;
-  void* data;
-  unsigned size;
-  std::uint64_t offset;
-  void operator()(io_uring_sqe& sqe) const noexcept {
-    io_uring_prep_read(&sqe, fd, data, size, offset);
-  }
-};
-struct pwrite_prep {
-  int fd;
-  const void* data;
-  unsigned size;
-  std::uint64_t offset;
-  void operator()(io_uring_sqe& sqe) const noexcept {
-    io_uring_prep_write(&sqe, fd, data, size, offset);
-  }
-};
 struct fsync_prep {
   int fd;
   void operator()(io_uring_sqe& sqe) const noexcept { io_uring_prep_fsync(&sqe, fd, 0); }
@@ -217,7 +200,7 @@ inline task<std::uint64_t> copy_chunk_through(io_context& io, int in, int out, s
   std::uint64_t copied = 0;
   while (copied < length) {
     const auto want = static_cast<unsigned>(std::min<std::uint64_t>(length - copied, 1u << 30));
-    int r = co_await submit(io, pread_prep{in, buf, want, offset + copied}, stop);
+    int r = co_await submit(io, read_prep{in, buf, want, offset + copied}, stop);
     if (r == -EINTR || r == -EAGAIN) continue;
     if (r == -ECANCELED) throw_cancelled(who);
     if (r < 0) throw_errno(-r, who + ": read source");
@@ -226,7 +209,7 @@ inline task<std::uint64_t> copy_chunk_through(io_context& io, int in, int out, s
     unsigned written = 0;
     while (written < got) {
       int w = co_await submit(
-          io, pwrite_prep{out, buf + written, got - written, offset + copied + written}, stop);
+          io, write_prep{out, buf + written, got - written, offset + copied + written}, stop);
       if (w == -EINTR || w == -EAGAIN) continue;
       if (w == -ECANCELED) throw_cancelled(who);
       if (w < 0) throw_errno(-w, who + ": write destination");
@@ -869,7 +852,7 @@ inline task<void> write_zeros(io_context& io, int out, extent e, std::stop_token
   std::uint64_t pos = e.offset;
   while (pos < e.end()) {
     const auto n = static_cast<unsigned>(std::min<std::uint64_t>(buf_size, e.end() - pos));
-    int w = co_await submit(io, pwrite_prep{out, zeros.get(), n, pos}, stop);
+    int w = co_await submit(io, write_prep{out, zeros.get(), n, pos}, stop);
     if (w == -EINTR || w == -EAGAIN) continue;
     if (w == -ECANCELED) throw_cancelled(who);
     if (w <= 0) throw_errno(w < 0 ? -w : EIO, who + ": write destination");

@@ -20,21 +20,24 @@ namespace pidring {
 
 namespace detail {
 
+// A read or write at `offset`; -1 means the fd's own position, which is what a pipe has.
+// (The copier passes explicit offsets, so it never uses or moves a file's position.)
 struct read_prep {
   int fd;
   void* data;
   unsigned size;
+  std::uint64_t offset = static_cast<std::uint64_t>(-1);
   void operator()(io_uring_sqe& sqe) const noexcept {
-    // Offset -1: the fd's own position, which is what a pipe has.
-    io_uring_prep_read(&sqe, fd, data, size, static_cast<std::uint64_t>(-1));
+    io_uring_prep_read(&sqe, fd, data, size, offset);
   }
 };
 struct write_prep {
   int fd;
   const void* data;
   unsigned size;
+  std::uint64_t offset = static_cast<std::uint64_t>(-1);
   void operator()(io_uring_sqe& sqe) const noexcept {
-    io_uring_prep_write(&sqe, fd, data, size, static_cast<std::uint64_t>(-1));
+    io_uring_prep_write(&sqe, fd, data, size, offset);
   }
 };
 
