@@ -55,6 +55,15 @@ struct cancel_ticket {
 
 struct context_access;
 
+// Something an io_context owns on behalf of one feature (the copy pool): made on first use by
+// that feature, told to stop when the context ends (before its remaining operations are drained)
+// and destroyed before the ring is closed. The context itself knows nothing more about it.
+struct context_service {
+  virtual ~context_service() = default;
+  // Ends the service's work; may still post completions that the drain then delivers.
+  virtual void shutdown() noexcept = 0;
+};
+
 // A coroutine nobody awaits: background work owned by an io_context (reaping dropped children,
 // the cross-thread wake-up). It must not throw.
 struct detached {
@@ -192,6 +201,7 @@ class io_context {
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
     try {
       shutdown_.request_stop();
+      if (copy_service_) copy_service_->shutdown();
       cancel_everything();
       while ((in_flight_ > 0 || !ready_.empty()) && std::chrono::steady_clock::now() < deadline)
         run_once(std::chrono::milliseconds(100));
@@ -200,6 +210,7 @@ class io_context {
     if (in_flight_ > 0)
       std::fprintf(stderr, "pidring: io_context destroyed with %u operations still in flight\n",
                    in_flight_);
+    copy_service_.reset();
     io_uring_queue_exit(&ring_);
   }
 
@@ -367,6 +378,7 @@ class io_context {
   std::vector<std::shared_ptr<detail::cancel_ticket>> remote_;
   detail::unique_fd wake_fd_;
   std::uint64_t wake_buf_ = 0;
+  std::unique_ptr<detail::context_service> copy_service_;  // the copy pool, once a copy ran
 };
 
 namespace detail {
@@ -385,6 +397,8 @@ struct context_access {
   static std::weak_ptr<int> lifetime(io_context& io) { return io.alive_; }
   // A forked child must not keep the SIGPIPE block that run() put on this thread.
   static bool sigpipe_blocked_by_run(io_context& io) { return io.sigpipe_blocked_by_run_; }
+  // The copier's slot (see context_service).
+  static std::unique_ptr<context_service>& copy_service(io_context& io) { return io.copy_service_; }
   static bool use_waitid(io_context& io) {
     return io.has_waitid_ && io.options_.use_waitid_op;
   }

@@ -6,6 +6,7 @@
 // to wait for it.
 
 #include <pidring/detail/error.hpp>
+#include <pidring/detail/own_threads.hpp>
 #include <pidring/detail/sys.hpp>
 
 #include <dirent.h>
@@ -337,7 +338,8 @@ inline bool other_threads_running() {
   const pid_t self = static_cast<pid_t>(::syscall(SYS_gettid));
   while (dirent* e = ::readdir(d)) {
     if (e->d_name[0] == '.') continue;
-    if (std::atoi(e->d_name) == self) continue;
+    const pid_t tid = std::atoi(e->d_name);
+    if (tid == self || own_threads::contains(tid)) continue;
     std::ifstream comm(std::string("/proc/self/task/") + e->d_name + "/comm");
     std::string name;
     std::getline(comm, name);
