@@ -175,7 +175,8 @@ TEST_CASE("abort gives SIGABRT and the core-dump flag", "[process]") {
   }
 }
 
-TEST_CASE("a parent that blocks and ignores SIGTERM still kills its child with SIGTERM", "[process]") {
+TEST_CASE("a parent that blocks and ignores SIGTERM can still kill its child with SIGTERM by resetting both",
+          "[process]") {
   pidring::io_context io(test_util::wait_paths());
   sigset_t term, old_mask;
   sigemptyset(&term);
@@ -186,7 +187,10 @@ TEST_CASE("a parent that blocks and ignores SIGTERM still kills its child with S
   ::sigaction(SIGTERM, &ignore, &old_action);
   auto t = [&]() -> pidring::task<pidring::exit_status> {
     pidring::command sleeper{"sleep", "30"};
-    auto c = pidring::spawn(io, sleeper);
+    pidring::spawn_options o;
+    o.default_signals = {SIGTERM};
+    o.blocked_signals = std::vector<int>{};
+    auto c = pidring::spawn(io, sleeper, o);
     c.terminate();
     co_return co_await c.wait();
   };
@@ -467,7 +471,8 @@ TEST_CASE("spawn options: env, PATH of the child's env, cwd, new_session, death 
   io.run(t());
 }
 
-TEST_CASE("a program's signals start at their defaults with an empty mask", "[process]") {
+TEST_CASE("a program keeps ignored signals and the signal mask, as after execve; default_signals and blocked_signals reset them",
+          "[process]") {
   pidring::io_context io;
   struct sigaction ignore {}, old {};
   ignore.sa_handler = SIG_IGN;
@@ -476,15 +481,23 @@ TEST_CASE("a program's signals start at their defaults with an empty mask", "[pr
   sigemptyset(&usr1);
   sigaddset(&usr1, SIGUSR1);
   pthread_sigmask(SIG_BLOCK, &usr1, &old_mask);
-  auto t = [&]() -> pidring::task<std::string> {
+  auto t = [&](pidring::spawn_options so) -> pidring::task<std::string> {
     pidring::command status{"grep", "-E", "^(SigIgn|SigBlk)", "/proc/self/status"};
-    auto r = co_await pidring::run(io, status);
+    pidring::run_options o;
+    o.spawn = std::move(so);
+    auto r = co_await pidring::run(io, status, o);
     co_return r.out;
   };
-  auto out = io.run(t());
+  // Inside run() the ring's thread also blocks SIGPIPE: the child must not inherit that.
+  auto kept = io.run(t({}));
+  pidring::spawn_options reset;
+  reset.default_signals = {SIGINT};
+  reset.blocked_signals = std::vector<int>{};
+  auto cleared = io.run(t(reset));
   ::sigaction(SIGINT, &old, nullptr);
   pthread_sigmask(SIG_SETMASK, &old_mask, nullptr);
-  CHECK(out == "SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n");
+  CHECK(kept == "SigBlk:\t0000000000000200\nSigIgn:\t0000000000000002\n");
+  CHECK(cleared == "SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n");
 }
 
 TEST_CASE("spawning a callable in a threaded process is refused unless allowed", "[process]") {

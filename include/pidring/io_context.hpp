@@ -76,6 +76,13 @@ struct detached {
   };
 };
 
+// Whether io_context::run blocked SIGPIPE on the calling thread (see sigpipe_guard): a child
+// started from this thread must not inherit that block.
+inline bool& sigpipe_blocked_by_run() noexcept {
+  thread_local bool blocked = false;
+  return blocked;
+}
+
 // Blocks SIGPIPE on the ring's thread while it runs: a write to a pipe whose reader is gone then
 // fails with EPIPE instead of killing the process, whatever the disposition. A SIGPIPE that the
 // ring raised is taken back before the old mask returns; the disposition is never touched.
@@ -230,8 +237,8 @@ class io_context {
       bool& flag;
       bool old;
       ~restore_flag() { flag = old; }
-    } restore{sigpipe_blocked_by_run_, sigpipe_blocked_by_run_};
-    sigpipe_blocked_by_run_ = !guard.was_blocked();
+    } restore{detail::sigpipe_blocked_by_run(), detail::sigpipe_blocked_by_run()};
+    detail::sigpipe_blocked_by_run() = !guard.was_blocked();
     auto h = t.handle();
     h.resume();
     while (!h.done()) run_once(std::nullopt);
@@ -372,7 +379,6 @@ class io_context {
   std::vector<std::coroutine_handle<>> ready_, resuming_;
   std::atomic<std::thread::id> owner_;
   std::stop_source shutdown_;
-  bool sigpipe_blocked_by_run_ = false;  // run() blocked SIGPIPE on this thread (see sigpipe_guard)
   std::shared_ptr<int> alive_ = std::make_shared<int>(0);  // expires with the context
   std::mutex remote_mutex_;
   std::vector<std::shared_ptr<detail::cancel_ticket>> remote_;
@@ -395,8 +401,6 @@ struct context_access {
   static std::stop_token shutdown_token(io_context& io) { return io.shutdown_.get_token(); }
   // Lets an object that may outlive its context (a child handle) tell whether it still exists.
   static std::weak_ptr<int> lifetime(io_context& io) { return io.alive_; }
-  // A forked child must not keep the SIGPIPE block that run() put on this thread.
-  static bool sigpipe_blocked_by_run(io_context& io) { return io.sigpipe_blocked_by_run_; }
   // The copier's slot (see context_service).
   static std::unique_ptr<context_service>& copy_service(io_context& io) { return io.copy_service_; }
   static bool use_waitid(io_context& io) {

@@ -8,7 +8,9 @@
 #include <pidring/io_context.hpp>
 
 #include <fcntl.h>
+#include <stdio_ext.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -90,10 +92,24 @@ struct spawn_options {
   stdio out = stdio::inherit();
   /// The child's fd 2 (stdio::to_stdout() for 2>&1).
   stdio err = stdio::inherit();
-  /// Kept open in the child (at the same numbers); every other fd >= 3 is closed.
+  /// Kept open in the child (at the same numbers); every other fd >= 3 is closed. 0, 1 and 2 may
+  /// be listed when in/out/err leave them inherited (listing one that they redirect is EINVAL).
   std::vector<int> pass_fds{};
-  /// PR_SET_PDEATHSIG: signal the child gets when the spawning *thread* ends (0: none).
+  /// PR_SET_PDEATHSIG (0: none): the signal the child gets when the thread that spawned it ends
+  /// (Linux ties it to the spawning thread, not the process: spawn from a long-lived thread if
+  /// the child should live as long as the process). Also sent if that thread, or the whole
+  /// parent, ended before the child could ask for it: it is never silently lost.
   int parent_death_signal = 0;
+  /// Signals set to SIG_DFL in the child whatever they are in the parent, like
+  /// posix_spawnattr_setsigdefault. Without them a program keeps what execve keeps: ignored
+  /// signals stay ignored (`nohup` relies on that), handled ones start at SIG_DFL; a callable
+  /// keeps everything, as after fork().
+  std::vector<int> default_signals{};
+  /// The child's blocked signals, like posix_spawnattr_setsigmask: nullopt keeps the spawning
+  /// thread's mask (less the SIGPIPE block of io_context::run), as execve and fork() do; a list
+  /// blocks exactly those ({} blocks none: what a supervisor that blocks signals for a signalfd
+  /// usually wants for its children).
+  std::optional<std::vector<int>> blocked_signals{};
   /// setsid(): the child leads a new session and process group.
   bool new_session = false;
   /// ~child() of a running child sends SIGKILL.
@@ -115,73 +131,108 @@ inline std::string printable(const std::string& s) {
   return out;
 }
 
-// The fds a spawn sets up: the child's ends (closed in the parent right after the spawn) and the
-// parent's ends of pipes.
-struct stdio_fds {
+inline const char* stdio_name(int fd) noexcept {
+  return fd == 0 ? "stdin" : fd == 1 ? "stdout" : "stderr";
+}
+
+// The fds a spawn sets up: the child's ends (closed in the parent right after the spawn), the
+// parent's ends of pipes, and the sorted list of fds >= 3 the child keeps.
+struct launch_fds {
   unique_fd child_end[3];
   unique_fd parent_end[3];
   unique_fd null;
-  int src[3] = {-1, -1, -1};
-  bool err_to_out = false;
+  std::vector<int> keep;
 
-  void setup(const stdio* s, const std::string& who) {
+  // Checks every fd number the caller gave before creating anything: a closed number that
+  // pipe2() or open() below reused would otherwise pass, and the child would get the wrong file.
+  static void validate(const stdio* s, const spawn_options& o, const std::string& who) {
+    for (int t = 0; t < 3; ++t) {
+      if (s[t].what() == stdio::kind::fd && ::fcntl(s[t].number(), F_GETFD) < 0)
+        throw_errno(EBADF, "spawn " + who + ": stdio::fd(" + std::to_string(s[t].number()) +
+                               ") for " + stdio_name(t) + " is not an open fd");
+      if (s[t].what() == stdio::kind::to_stdout && t != 2)
+        throw_errno(EINVAL, "spawn " + who + ": stdio::to_stdout() is only for err");
+    }
+    for (int fd : o.pass_fds) {
+      if (fd < 0 || ::fcntl(fd, F_GETFD) < 0)
+        throw_errno(EBADF, "spawn " + who + ": pass_fds entry " + std::to_string(fd) +
+                               " is not an open fd");
+      // fds 0-2 are kept where they are; one that stdio replaces cannot also be passed.
+      if (fd < 3 && s[fd].what() != stdio::kind::inherit)
+        throw_errno(EINVAL, "spawn " + who + ": pass_fds entry " + std::to_string(fd) +
+                                " is the child's " + stdio_name(fd) +
+                                ", which the spawn_options also redirect; keep stdio::inherit() "
+                                "for it or pass the fd under another number");
+    }
+    for (int sig : o.default_signals)
+      if (sig < 1 || sig > 64 || sig == SIGKILL || sig == SIGSTOP)
+        throw_errno(EINVAL, "spawn " + who + ": default_signals entry " + std::to_string(sig) +
+                                " is not a signal whose disposition can be set");
+    if (o.blocked_signals)
+      for (int sig : *o.blocked_signals)
+        if (sig < 1 || sig > 64)
+          throw_errno(EINVAL, "spawn " + who + ": blocked_signals entry " + std::to_string(sig) +
+                                  " is not a signal");
+    if (o.parent_death_signal < 0 || o.parent_death_signal > 64)
+      throw_errno(EINVAL, "spawn " + who + ": parent_death_signal " +
+                              std::to_string(o.parent_death_signal) + " is not a signal");
+  }
+
+  void setup(const stdio* s, launch_plan& plan, const std::string& who) {
     for (int t = 0; t < 3; ++t) {
       switch (s[t].what()) {
         case stdio::kind::inherit: break;
         case stdio::kind::null:
           if (!null) {
-            null.reset(::open("/dev/null", O_RDWR | O_CLOEXEC));
+            null.reset(::open("/dev/null", O_RDWR | O_CLOEXEC | O_NOCTTY));
             if (!null) throw_errno(errno, "spawn " + who + ": open '/dev/null'");
           }
-          src[t] = null.get();
+          plan.stdio_src[t] = null.get();
           break;
         case stdio::kind::pipe: {
           int p[2];
           if (::pipe2(p, O_CLOEXEC) != 0) throw_errno(errno, "spawn " + who + ": pipe2");
           child_end[t].reset(t == 0 ? p[0] : p[1]);
           parent_end[t].reset(t == 0 ? p[1] : p[0]);
-          src[t] = child_end[t].get();
+          plan.stdio_src[t] = child_end[t].get();
           break;
         }
-        case stdio::kind::fd:
-          if (::fcntl(s[t].number(), F_GETFD) < 0)
-            throw_errno(EBADF, "spawn " + who + ": stdio::fd(" + std::to_string(s[t].number()) +
-                                   ") for fd " + std::to_string(t) + " is not an open fd");
-          src[t] = s[t].number();
-          break;
-        case stdio::kind::to_stdout:
-          if (t != 2)
-            throw_errno(EINVAL, "spawn " + who + ": stdio::to_stdout() is only for err");
-          err_to_out = true;
-          break;
+        case stdio::kind::fd: plan.stdio_src[t] = s[t].number(); break;
+        case stdio::kind::to_stdout: plan.err_to_out = true; break;
       }
     }
   }
 };
 
-// Sets up the child's stdio (pipes, /dev/null) and what every launch shares: fds to keep,
-// session, death signal.
-inline void prepare_launch(launch_plan& plan, const spawn_options& o, stdio_fds& fds,
+// Fills in what every launch shares: stdio, fds to keep, session, death signal, signals. The
+// child's signal mask is the calling thread's, less the SIGPIPE block that run() adds on the
+// ring's thread (pidring undoes only what it changed itself).
+inline void prepare_launch(launch_plan& plan, const spawn_options& o, launch_fds& fds,
                            const std::string& who) {
   const stdio targets[3] = {o.in, o.out, o.err};
-  fds.setup(targets, who);
-  std::copy(std::begin(fds.src), std::end(fds.src), plan.stdio_src);
-  plan.err_to_out = fds.err_to_out;
-  for (int fd : o.pass_fds) {
-    if (::fcntl(fd, F_GETFD) < 0)
-      throw_errno(EBADF, "spawn " + who + ": pass_fds entry " + std::to_string(fd) +
-                             " is not an open fd");
-    if (fd >= 3) plan.keep_fds.push_back(fd);
-  }
-  std::sort(plan.keep_fds.begin(), plan.keep_fds.end());
-  plan.keep_fds.erase(std::unique(plan.keep_fds.begin(), plan.keep_fds.end()),
-                      plan.keep_fds.end());
+  launch_fds::validate(targets, o, who);
+  fds.setup(targets, plan, who);
+  for (int fd : o.pass_fds)
+    if (fd >= 3) fds.keep.push_back(fd);
+  std::sort(fds.keep.begin(), fds.keep.end());
+  fds.keep.erase(std::unique(fds.keep.begin(), fds.keep.end()), fds.keep.end());
+  plan.keep_fds = fds.keep.data();
+  plan.keep_count = fds.keep.size();
   rlimit rl{};
   if (::getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
     plan.max_fd = static_cast<int>(std::min<rlim_t>(rl.rlim_cur, 1 << 20));
   plan.new_session = o.new_session;
   plan.parent_death_signal = o.parent_death_signal;
   plan.parent_pid = ::getpid();
+  plan.parent_tid = static_cast<pid_t>(::syscall(SYS_gettid));
+  for (int sig : o.default_signals) plan.default_signals |= signal_bit(sig);
+  if (o.blocked_signals) {
+    plan.mask = 0;
+    for (int sig : *o.blocked_signals) plan.mask |= signal_bit(sig);
+  } else {
+    plan.mask = current_signal_mask();
+    if (sigpipe_blocked_by_run()) plan.mask &= ~signal_bit(SIGPIPE);
+  }
 }
 
 // argv, environment and PATH candidates for one exec, owned in one place.
@@ -189,6 +240,7 @@ struct exec_image {
   std::vector<char*> argv;
   std::vector<char*> envp;
   std::vector<std::string> candidate_paths;
+  std::vector<const char*> candidates;
   std::string cwd;
   std::string path_searched;  // for the "not found" message
 
@@ -231,6 +283,7 @@ struct exec_image {
     if (prog.find('/') != std::string::npos) {
       candidate_paths.push_back(prog);
     } else {
+      plan.searched_path = true;
       path_searched = path_env ? path_env : "/bin:/usr/bin";
       std::size_t start = 0;
       for (;;) {
@@ -241,7 +294,9 @@ struct exec_image {
         start = colon + 1;
       }
     }
-    for (auto& c : candidate_paths) plan.candidates.push_back(c.c_str());
+    for (auto& c : candidate_paths) candidates.push_back(c.c_str());
+    plan.candidates = candidates.data();
+    plan.candidate_count = candidates.size();
     plan.argv = argv.data();
   }
 
@@ -251,10 +306,8 @@ struct exec_image {
     if (plan.failed_step == launch_step::exec) {
       if (plan.failed_candidate >= 0)
         what += "execve " + quoted(candidate_paths[static_cast<std::size_t>(plan.failed_candidate)]);
-      else if (!path_searched.empty())
-        what += "not found in PATH (" + path_searched + ")";
       else
-        what += "execve";
+        what += "not found in PATH (" + path_searched + ")";
     } else {
       what += step_name(plan.failed_step);
       if (plan.failed_step == launch_step::chdir) what += " to " + quoted(cwd);
@@ -268,16 +321,27 @@ struct program_launch {
   launch_plan plan;  // first: the image below fills it in
   exec_image image;
   std::string who;   // "'ls'", for messages
-  stdio_fds fds;
+  launch_fds fds;
 
   program_launch(const command& cmd, const spawn_options& o)
       : image(cmd, o, plan), who(quoted(printable(cmd.argv()[0]))) {
     prepare_launch(plan, o, fds, who);
+    plan.reset_handlers = true;  // exec semantics: handlers reset, ignored signals kept
+  }
+
+  // After the child has run: throws if it did not exec.
+  void check(const launched& l, const std::string& op) const {
+    if (plan.error == 0) return;
+    if (plan.error == launch_not_started)
+      throw_errno(ESRCH, op + ": the child died before exec (" +
+                             exit_status::from_wait_status(reap_exited(l.pidfd)).to_string() + ")");
+    reap_exited(l.pidfd);
+    image.throw_failure(plan, op);
   }
 };
 
 inline child make_child(io_context& io, launched l, std::string name, const spawn_options& o,
-                        stdio_fds& fds) {
+                        launch_fds& fds) {
   auto s = std::make_shared<process_state>();
   s->io = &io;
   s->io_alive = context_access::lifetime(io);
@@ -297,13 +361,6 @@ inline child make_child(io_context& io, launched l, std::string name, const spaw
   return child(std::move(parts));
 }
 
-// Reaps a child that failed before exec (it has already called _exit).
-inline void reap_failed(const launched& l) {
-  siginfo_t info;
-  sys_waitid_pidfd(l.pidfd, info, WEXITED);
-  ::close(l.pidfd);
-}
-
 template <class F>
 int invoke_for_exit_code(F& f) {
   using R = std::invoke_result_t<F&>;
@@ -315,9 +372,14 @@ int invoke_for_exit_code(F& f) {
   }
 }
 
-// The body of a callable child: runs f, maps its end to an exit code, always _exit.
+// The body of a callable child: runs f, maps its end to an exit code, always _exit. What the
+// parent had buffered in stdout and stderr is the parent's to write, not the child's: it is
+// dropped here, so nothing is written twice, and the parent never has to flush (which could wait
+// on a lock another thread holds, or on a full pipe) before forking.
 template <class F>
 [[noreturn]] void run_callable_child(F& f) noexcept {
+  __fpurge(stdout);
+  __fpurge(stderr);
   int code = 1;
   try {
     code = invoke_for_exit_code(f);
@@ -326,7 +388,8 @@ template <class F>
   } catch (...) {
     std::fprintf(stderr, "unknown exception\n");
   }
-  std::fflush(nullptr);
+  std::fflush(stdout);
+  std::fflush(stderr);
   ::_exit(code);
 }
 
@@ -335,44 +398,52 @@ inline void refuse_threaded_fork(const spawn_options& o, const std::string& who)
     throw_errno(EDEADLK,
                 "spawn " + who +
                     ": refusing to fork a callable in a multi-threaded process: the child would "
-                    "start with copies of locks other threads hold (malloc, stdio, your own) and "
-                    "can deadlock; spawn a program instead, fork before starting threads, or set "
-                    "spawn_options::allow_threaded_fork if the callable only uses "
-                    "async-signal-safe calls");
+                    "start with copies of locks other threads hold (your own, or a library's) "
+                    "and can deadlock; spawn a program instead, fork before starting threads, "
+                    "or set spawn_options::allow_threaded_fork if the callable takes no lock "
+                    "another thread may hold");
 }
 
-template <class F>
-child spawn_callable(io_context& io, const spawn_options& o, F& f) {
-  const std::string who = quoted(o.name.empty() ? std::string("callable") : o.name);
-  refuse_threaded_fork(o, who);
-  orphans().sweep();
-  stdio_fds fds;
+// Everything forking a callable needs, prepared in the parent: a bad cwd is an error of spawn()
+// itself (the child only fchdir()s to the directory opened here).
+struct callable_launch {
   launch_plan plan;
-  prepare_launch(plan, o, fds, who);
-  plan.reset_signals = false;  // fork semantics: the callable keeps the parent's handlers
-  // The working directory is opened here, so a bad one is an error of spawn() itself; the
-  // child only fchdir()s to it (and closes it with every other fd it does not keep).
+  launch_fds fds;
   unique_fd cwd_fd;
-  if (o.cwd) {
-    cwd_fd.reset(::open(o.cwd->c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
-    if (!cwd_fd) throw_errno(errno, "spawn " + who + ": chdir to " + quoted(o.cwd->string()));
-  }
-  std::fflush(nullptr);  // what the parent buffered must not be written twice
-  launched l = fork_with_pidfd();
-  if (l.error) throw_errno(l.error, "spawn " + who + ": clone3(CLONE_PIDFD)");
-  if (l.pid == 0) {
-    if (context_access::sigpipe_blocked_by_run(io)) {
-      sigset_t pipe;
-      sigemptyset(&pipe);
-      sigaddset(&pipe, SIGPIPE);
-      pthread_sigmask(SIG_UNBLOCK, &pipe, nullptr);  // run() blocked it for the ring, not for us
+  std::string who;
+
+  callable_launch(const spawn_options& o, const char* op)
+      : who(quoted(o.name.empty() ? std::string("callable") : printable(o.name))) {
+    if (o.name.find('\0') != std::string::npos)
+      throw_errno(EINVAL, std::string(op) + " " + who + ": name contains a NUL byte");
+    refuse_threaded_fork(o, who);
+    if (o.cwd) {
+      if (o.cwd->native().find('\0') != std::string::npos)
+        throw_errno(EINVAL, std::string(op) + " " + who + ": cwd contains a NUL byte");
+      cwd_fd.reset(::open(o.cwd->c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
+      if (!cwd_fd)
+        throw_errno(errno, std::string(op) + " " + who + ": chdir to " + quoted(o.cwd->string()));
+      plan.cwd_fd = cwd_fd.get();
     }
-    if (cwd_fd && ::fchdir(cwd_fd.get()) != 0) ::_exit(127);
+    prepare_launch(plan, o, fds, who);
+  }
+
+  // In the child (a glibc fork() child): set up, name, run f, _exit.
+  template <class F>
+  [[noreturn]] void run_child(const spawn_options& o, F& f) noexcept {
     child_setup(plan);  // on failure it exits 127 by itself
     if (!o.name.empty()) ::prctl(PR_SET_NAME, o.name.c_str(), 0, 0, 0);
     run_callable_child(f);
   }
-  return make_child(io, l, who, o, fds);
+};
+
+template <class F>
+child spawn_callable(io_context& io, const spawn_options& o, F& f) {
+  orphans().sweep();
+  callable_launch c(o, "spawn");
+  launched l = fork_with_pidfd("spawn " + c.who);
+  if (l.pid == 0) c.run_child(o, f);
+  return make_child(io, l, c.who, o, c.fds);
 }
 
 }  // namespace detail
@@ -380,24 +451,28 @@ child spawn_callable(io_context& io, const spawn_options& o, F& f) {
 /// Runs a program. Failure to start (missing program, EACCES, bad cwd, a NUL in an argument,
 /// E2BIG) throws std::system_error naming the step and the path; no child or fd is left behind.
 ///
-/// clone3(CLONE_VM | CLONE_VFORK | CLONE_PIDFD) + execve: the pidfd exists from the first instant,
-/// and a parent with a large heap spawns as fast as a small one.
+/// glibc clone(CLONE_VM | CLONE_VFORK | CLONE_PIDFD) + execve: the pidfd exists from the first
+/// instant, and a parent with a large heap spawns as fast as a small one. As with execve and
+/// posix_spawn, the program starts with the caller's signal mask (less run()'s SIGPIPE block),
+/// handled signals back at SIG_DFL and ignored ones still ignored (so `nohup` keeps working);
+/// spawn_options::default_signals resets more.
 inline child spawn(io_context& io, const command& cmd, const spawn_options& o = {}) {
   detail::orphans().sweep();
   detail::program_launch p(cmd, o);
   detail::launched l = detail::launch_exec(p.plan);
-  if (l.error) detail::throw_errno(l.error, "spawn " + p.who + ": clone3");
-  if (p.plan.error) {
-    detail::reap_failed(l);
-    p.image.throw_failure(p.plan, "spawn " + p.who);
-  }
+  if (l.error) detail::throw_errno(l.error, "spawn " + p.who + ": clone");
+  detail::unique_fd owned(l.pidfd);
+  p.check(l, "spawn " + p.who);
+  owned.release();
   return detail::make_child(io, l, p.who, o, p.fds);
 }
 
 /// Runs f(args...) in a forked child (multiprocessing.Process(target=f, args=...)). Its int
 /// return is the exit code (void: 0); an escaping exception prints what() to stderr and exits 1.
-/// The child ends with _exit (no atexit handlers; stdio is flushed before the fork and after f).
-/// In a multi-threaded process this throws unless spawn_options::allow_threaded_fork.
+/// The child is an ordinary glibc fork() child (pthread_atfork handlers run, it has its own
+/// thread id, robust mutexes and stdio work) with a pidfd from birth. It ends with _exit: no
+/// atexit handlers; it flushes what it wrote to stdout and stderr, and never what the parent had
+/// buffered. In a multi-threaded process this throws unless spawn_options::allow_threaded_fork.
 template <class F, class... Args>
   requires std::invocable<std::decay_t<F>&, std::decay_t<Args>&...>
 child spawn(io_context& io, const spawn_options& o, F&& f, Args&&... args) {
@@ -416,13 +491,6 @@ child spawn(io_context& io, F&& f, Args&&... args) {
 
 namespace detail {
 
-struct daemon_report {
-  pid_t pid = -1;
-  int error = 0;
-  launch_step step = launch_step::none;
-  int candidate = -1;
-};
-
 inline spawn_options daemon_options(spawn_options o) {
   // Unless set, a daemon's stdio is /dev/null: it must not hold the caller's terminal or pipes.
   for (stdio* s : {&o.in, &o.out, &o.err})
@@ -437,40 +505,12 @@ inline spawn_options daemon_options(spawn_options o) {
   return o;
 }
 
-// The classic double fork. The intermediate child starts a new session, starts the grandchild
-// (`start` returns its pid, or fills the report's error), reports, and exits at once; we reap it
-// here. The grandchild is then orphaned and adopted by init or the nearest subreaper.
-template <class Start>
-daemon_report double_fork(const std::string& who, Start start) {
-  int p[2];
-  if (::pipe2(p, O_CLOEXEC) != 0) throw_errno(errno, "spawn_daemon " + who + ": pipe2");
-  unique_fd rd(p[0]), wr(p[1]);
-  std::fflush(nullptr);
-  launched mid = fork_with_pidfd();
-  if (mid.error) throw_errno(mid.error, "spawn_daemon " + who + ": clone3(CLONE_PIDFD)");
-  if (mid.pid == 0) {
-    daemon_report r;
-    if (::setsid() < 0) {
-      r.error = errno;
-      r.step = launch_step::setsid;
-    } else {
-      start(r);
-    }
-    [[maybe_unused]] auto n = ::write(wr.get(), &r, sizeof r);
-    ::_exit(0);
-  }
-  wr.reset();
-  daemon_report r;
-  ssize_t n;
-  do n = ::read(rd.get(), &r, sizeof r);
-  while (n < 0 && errno == EINTR);
-  siginfo_t info;
-  sys_waitid_pidfd(mid.pidfd, info, WEXITED);
-  ::close(mid.pidfd);
-  if (n != static_cast<ssize_t>(sizeof r))
-    throw_errno(EIO, "spawn_daemon " + who + ": the intermediate child died before reporting");
-  return r;
-}
+// What the intermediate child of a callable's double fork tells the parent.
+struct daemon_report {
+  pid_t pid = -1;
+  int error = 0;
+  launch_step step = launch_step::none;
+};
 
 }  // namespace detail
 
@@ -478,68 +518,84 @@ daemon_report double_fork(const std::string& who, Start start) {
 /// the grandchild runs `cmd` in a new session with stdio on /dev/null unless set, orphaned and
 /// adopted by init or the nearest subreaper. Returns the grandchild's pid (not our child: it
 /// cannot be awaited; see this_process::set_child_subreaper). Start failures throw as spawn() does.
+/// Both children share our memory until the exec and run only async-signal-safe code, so this is
+/// safe in a multi-threaded process.
 inline pid_t spawn_daemon(const command& cmd, const spawn_options& options = {}) {
   spawn_options o = detail::daemon_options(options);
   detail::program_launch p(cmd, o);
-  detail::launch_plan& plan = p.plan;
-  const std::string& who = p.who;
-  detail::daemon_report r = detail::double_fork(who, [&](detail::daemon_report& r) {
-    detail::launched l = detail::launch_exec(plan);
-    if (l.error) {
-      r.error = l.error;
-      return;
-    }
-    if (plan.error) {
-      r.error = plan.error;
-      r.step = plan.failed_step;
-      r.candidate = plan.failed_candidate;
-      return;
-    }
-    ::close(l.pidfd);
-    r.pid = l.pid;
-  });
-  if (r.error) {
-    if (r.step == detail::launch_step::none)
-      detail::throw_errno(r.error, "spawn_daemon " + who + ": clone3");
-    detail::launch_plan reported;
-    reported.error = r.error;
-    reported.failed_step = r.step;
-    reported.failed_candidate = r.candidate;
-    p.image.throw_failure(reported, "spawn_daemon " + who);
+  const std::string op = "spawn_daemon " + p.who;
+  detail::child_stacks stacks(2);
+  detail::daemon_launch d;
+  d.grandchild = &p.plan;
+  d.grandchild_stack = stacks.top(1);
+  p.plan.error = detail::launch_not_started;
+  detail::launched mid = detail::clone_vfork(&detail::daemon_intermediate_entry, &d, stacks.top(0));
+  if (mid.error) detail::throw_errno(mid.error, op + ": clone");
+  detail::reap_exited(mid.pidfd);
+  ::close(mid.pidfd);
+  if (!d.finished) detail::throw_errno(ESRCH, op + ": the intermediate child died");
+  if (d.error)
+    detail::throw_errno(d.error, op + (d.failed_step == detail::launch_step::setsid ? ": setsid" : ": clone"));
+  if (p.plan.error != 0) {
+    // The grandchild has exited. If we are a subreaper it is our zombie now: reap it (it was
+    // re-parented before the intermediate's exit became visible to our wait above).
+    siginfo_t info;
+    ::waitid(P_PID, static_cast<id_t>(d.pid), &info, WEXITED | WNOHANG | __WALL);
+    if (p.plan.error == detail::launch_not_started)
+      detail::throw_errno(ESRCH, op + ": the daemon died before exec");
+    p.image.throw_failure(p.plan, op);
   }
-  return r.pid;
+  return d.pid;
 }
 
 /// The classic double fork for a callable: f(args...) runs in the grandchild (new session,
-/// stdio on /dev/null unless set), which ends with _exit. Returns the grandchild's pid.
+/// stdio on /dev/null unless set), which ends with _exit. Returns the grandchild's pid. Both forks
+/// are glibc fork()s, as in a hand-written double fork; the same threaded-fork rule as spawn().
 template <class F, class... Args>
   requires std::invocable<std::decay_t<F>&, std::decay_t<Args>&...>
 pid_t spawn_daemon(const spawn_options& options, F&& f, Args&&... args) {
   spawn_options o = detail::daemon_options(options);
-  const std::string who = detail::quoted(o.name.empty() ? std::string("callable") : o.name);
-  detail::refuse_threaded_fork(o, who);
-  detail::stdio_fds fds;
-  detail::launch_plan plan;
-  detail::prepare_launch(plan, o, fds, who);
-  plan.reset_signals = false;
+  detail::callable_launch c(o, "spawn_daemon");
+  const std::string op = "spawn_daemon " + c.who;
   auto call = [fn = std::forward<F>(f), ... a = std::forward<Args>(args)]() mutable {
     return std::invoke(fn, a...);
   };
-  detail::daemon_report r = detail::double_fork(who, [&](detail::daemon_report& r) {
-    pid_t g = ::fork();
-    if (g < 0) {
+  int sv[2];
+  if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
+    detail::throw_errno(errno, op + ": socketpair");
+  detail::unique_fd report_rd(sv[0]), report_wr(sv[1]);
+  detail::launched mid = detail::fork_with_pidfd(op);
+  if (mid.pid == 0) {
+    report_rd.reset();
+    detail::daemon_report r;
+    if (::setsid() < 0) {
       r.error = errno;
-      return;
+      r.step = detail::launch_step::setsid;
+    } else {
+      const pid_t g = ::fork();  // single-threaded here: as safe as any double fork
+      if (g == 0) {
+        report_wr.reset();
+        c.run_child(o, call);
+      }
+      if (g < 0)
+        r.error = errno;
+      else
+        r.pid = g;
     }
-    if (g == 0) {
-      detail::child_setup(plan);
-      if (o.cwd && ::chdir(o.cwd->c_str()) != 0) ::_exit(127);
-      if (!o.name.empty()) ::prctl(PR_SET_NAME, o.name.c_str(), 0, 0, 0);
-      detail::run_callable_child(call);
-    }
-    r.pid = g;
-  });
-  if (r.error) detail::throw_errno(r.error, "spawn_daemon " + who + ": fork");
+    [[maybe_unused]] auto n = ::send(report_wr.get(), &r, sizeof r, MSG_NOSIGNAL);
+    ::_exit(0);
+  }
+  detail::unique_fd mid_fd(mid.pidfd);
+  report_wr.reset();
+  detail::daemon_report r;
+  ssize_t n;
+  do n = ::read(report_rd.get(), &r, sizeof r);
+  while (n < 0 && errno == EINTR);
+  detail::reap_exited(mid_fd.get());
+  if (n != static_cast<ssize_t>(sizeof r))
+    detail::throw_errno(ESRCH, op + ": the intermediate child died before reporting");
+  if (r.error)
+    detail::throw_errno(r.error, op + (r.step == detail::launch_step::setsid ? ": setsid" : ": fork"));
   return r.pid;
 }
 

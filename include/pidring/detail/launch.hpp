@@ -1,12 +1,20 @@
 #pragma once
-// Starting a process: clone3(CLONE_VM | CLONE_VFORK | CLONE_PIDFD | CLONE_CLEAR_SIGHAND) + execve
-// for programs, clone3(CLONE_PIDFD) for callables (fork semantics), glibc clone() where clone3 is
-// missing. Every child is made with exit_signal 0: no SIGCHLD is sent, a SIGCHLD set to SIG_IGN
-// cannot auto-reap it, and waitpid(-1) without __WALL cannot steal it; its pidfd is the only way
-// to wait for it.
+// Starting a process.
+//
+// Programs: glibc clone(CLONE_VM | CLONE_VFORK | CLONE_PIDFD) runs child_exec on a small stack of
+// ours, sharing our memory, until it execs; the pidfd comes back from the same call. The child
+// runs raw system calls only. No inline asm: glibc's clone() already takes a stack, a function
+// and CLONE_PIDFD, and the one clone3-only flag we used (CLONE_CLEAR_SIGHAND) is replaced by the
+// handler loop of child_signals (docs/design.md says why that is not worth the asm).
+//
+// Callables: glibc fork(), so the child is a real fork() child (pthread_atfork handlers, its own
+// TID and robust-futex list, stdio and malloc locks reset), then pidfd_open(pid) while the child
+// waits at a gate: it cannot exit (so its pid cannot be reused) before the parent holds a pidfd
+// and has checked that it names a live child of ours.
 
 #include <pidring/detail/error.hpp>
 #include <pidring/detail/own_threads.hpp>
+#include <pidring/exit_status.hpp>
 #include <pidring/detail/sys.hpp>
 
 #include <dirent.h>
@@ -15,14 +23,13 @@
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 
-#include <algorithm>
-#include <atomic>
 #include <cerrno>
 #include <csignal>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
-#include <fstream>
 #include <string>
 #include <vector>
 
@@ -31,6 +38,8 @@ extern char** environ;
 namespace pidring::detail {
 
 #if defined(__clang__) || defined(__GNUC__)
+// Code that runs in a child sharing our memory (before exec): no sanitizer instrumentation, no
+// inlining into instrumented callers.
 #define PIDRING_NO_SANITIZE __attribute__((no_sanitize("address", "undefined"))) __attribute__((noinline))
 #else
 #define PIDRING_NO_SANITIZE
@@ -39,7 +48,7 @@ namespace pidring::detail {
 // The steps of a child's set-up, for the parent's error message.
 enum class launch_step : int { none, signals, stdio, close_fds, chdir, setsid, pdeathsig, exec };
 
-inline const char* step_name(launch_step s) {
+inline const char* step_name(launch_step s) noexcept {
   switch (s) {
     case launch_step::signals: return "resetting signals";
     case launch_step::stdio: return "dup2 of stdio";
@@ -52,31 +61,60 @@ inline const char* step_name(launch_step s) {
   }
 }
 
-// Everything the child needs, prepared by the parent: the child side allocates nothing and calls
-// only async-signal-safe system calls.
+// A signal set as the kernel's rt_sigprocmask/rt_sigaction take it (signals 1-64).
+using kernel_sigset = std::uint64_t;
+inline constexpr kernel_sigset signal_bit(int sig) noexcept { return 1ULL << (sig - 1); }
+
+inline kernel_sigset to_kernel_sigset(const sigset_t& s) noexcept {
+  kernel_sigset k = 0;
+  std::memcpy(&k, &s, sizeof k);  // glibc's sigset_t starts with the kernel's 64 bits
+  return k;
+}
+
+// The calling thread's signal mask.
+inline kernel_sigset current_signal_mask() noexcept {
+  sigset_t s;
+  sigemptyset(&s);
+  pthread_sigmask(SIG_BLOCK, nullptr, &s);
+  return to_kernel_sigset(s);
+}
+
+// What `error` holds until the child has reached its exec (or failed a step): a child that dies
+// before then, killed by a signal, must not look like a started child.
+inline constexpr int launch_not_started = -1;
+
+// Everything a child's set-up needs, prepared by the parent. The child side reads only the plain
+// fields below (no container, no allocation) and calls only async-signal-safe system calls.
 struct launch_plan {
   // stdio: the parent fd to put on 0, 1, 2, or -1 to leave it; err_to_out: 2>&1.
   int stdio_src[3] = {-1, -1, -1};
   bool err_to_out = false;
-  std::vector<int> keep_fds;  // sorted, >= 3: kept open (and made inheritable)
-  int max_fd = 1024;          // for the close loop where close_range is missing
-  const char* cwd = nullptr;
+  const int* keep_fds = nullptr;  // sorted, >= 3: kept open (and made inheritable)
+  std::size_t keep_count = 0;
+  int max_fd = 1024;              // for the close loop where close_range is missing
+  const char* cwd = nullptr;      // chdir to this path (programs)
+  int cwd_fd = -1;                // or fchdir to this directory (callables: checked by the parent)
   bool new_session = false;
   int parent_death_signal = 0;
-  pid_t parent_pid = 0;
-  bool reset_signals = true;  // programs: every disposition to SIG_DFL, empty mask
-  // exec (programs only)
-  std::vector<const char*> candidates;  // paths to try, in PATH order
+  pid_t parent_pid = 0;           // the process and thread that spawn: PR_SET_PDEATHSIG follows
+  pid_t parent_tid = 0;           // the thread, and either may end before the child's prctl
+  bool reset_handlers = false;    // handlers -> SIG_DFL, ignored signals stay ignored (exec's rule)
+  kernel_sigset default_signals = 0;  // set to SIG_DFL whatever they were
+  kernel_sigset mask = 0;             // the child's signal mask once set up
+  // exec (programs only): paths to try, in PATH order
+  const char* const* candidates = nullptr;
+  std::size_t candidate_count = 0;
+  bool searched_path = false;     // the candidates come from PATH (else one explicit path)
   char* const* argv = nullptr;
   char* const* envp = nullptr;
 
   // Written by the child (shared memory under CLONE_VM) when a step fails.
-  int error = 0;
+  int error = launch_not_started;
   launch_step failed_step = launch_step::none;
   int failed_candidate = -1;
 };
 
-// ---- the child side (runs on its own small stack, sharing the parent's memory) ---------------
+// ---- the child side (raw system calls only; under CLONE_VM it shares the parent's memory) -----
 
 struct kernel_sigaction {
   void* handler;
@@ -91,66 +129,93 @@ PIDRING_NO_SANITIZE inline long child_syscall(long nr, long a = 0, long b = 0, l
   return r == -1 ? -errno : r;
 }
 
+[[noreturn]] PIDRING_NO_SANITIZE inline void child_exit(int code) noexcept {
+  ::syscall(SYS_exit_group, code);
+  __builtin_unreachable();
+}
+
 [[noreturn]] PIDRING_NO_SANITIZE inline void child_fail(launch_plan& p, launch_step step,
                                                         long err) noexcept {
   p.error = static_cast<int>(-err);
   p.failed_step = step;
-  ::syscall(SYS_exit_group, 127);
-  __builtin_unreachable();
+  child_exit(127);
+}
+
+// Handlers -> SIG_DFL (exec would do it; a handler of the parent must not run in a child that
+// shares its memory), ignored signals stay ignored (as execve and posix_spawn keep them), and the
+// signals of default_signals -> SIG_DFL whatever they were.
+PIDRING_NO_SANITIZE inline void child_signals(const launch_plan& p) noexcept {
+  if (!p.reset_handlers && p.default_signals == 0) return;
+  for (int sig = 1; sig <= 64; ++sig) {
+    if (sig == SIGKILL || sig == SIGSTOP) continue;
+    const bool forced = (p.default_signals & signal_bit(sig)) != 0;
+    if (!forced) {
+      if (!p.reset_handlers) continue;
+      kernel_sigaction old{};
+      if (child_syscall(SYS_rt_sigaction, sig, 0, reinterpret_cast<long>(&old), 8) < 0) continue;
+      if (old.handler == reinterpret_cast<void*>(SIG_DFL) ||
+          old.handler == reinterpret_cast<void*>(SIG_IGN))
+        continue;
+    }
+    kernel_sigaction dfl{};
+    child_syscall(SYS_rt_sigaction, sig, reinterpret_cast<long>(&dfl), 0, 8);
+  }
+}
+
+PIDRING_NO_SANITIZE inline void child_close_range(const launch_plan& p, unsigned first,
+                                                  unsigned last) noexcept {
+  if (first > last) return;
+  if (child_syscall(PIDRING_SYS_CLOSE_RANGE, first, last, 0) == 0) return;
+  const unsigned end = last < static_cast<unsigned>(p.max_fd) ? last : static_cast<unsigned>(p.max_fd);
+  for (unsigned fd = first; fd <= end; ++fd) child_syscall(SYS_close, fd);
 }
 
 // Set-up shared by programs and callables. Returns normally only if every step worked.
 PIDRING_NO_SANITIZE inline void child_setup(launch_plan& p) noexcept {
   long r;
-  if (p.reset_signals) {
-    // Signals are blocked (the parent blocked them before clone); reset every disposition.
-    for (long sig = 1; sig < 65; ++sig) {
-      if (sig == SIGKILL || sig == SIGSTOP) continue;
-      kernel_sigaction old{};
-      if (child_syscall(SYS_rt_sigaction, sig, 0, reinterpret_cast<long>(&old), 8) < 0) continue;
-      if (old.handler == reinterpret_cast<void*>(SIG_DFL)) continue;
-      kernel_sigaction dfl{};
-      child_syscall(SYS_rt_sigaction, sig, reinterpret_cast<long>(&dfl), 0, 8);
-    }
+  child_signals(p);
+  // First the working directory: the directory fd of a callable may be any number, and the
+  // steps below move and close fds.
+  if (p.cwd_fd >= 0) {
+    r = child_syscall(SYS_fchdir, p.cwd_fd);
+    if (r < 0) child_fail(p, launch_step::chdir, r);
+  } else if (p.cwd) {
+    r = child_syscall(SYS_chdir, reinterpret_cast<long>(p.cwd));
+    if (r < 0) child_fail(p, launch_step::chdir, r);
   }
   // stdio: first lift sources off 0-2, so that e.g. out=fd(2), err=fd(1) do not clobber each
-  // other, then dup2 them into place (dup2 clears FD_CLOEXEC on the copy).
+  // other, then dup3 them into place (the copy is inheritable).
   int src[3] = {p.stdio_src[0], p.stdio_src[1], p.stdio_src[2]};
-  for (int& s : src) {
-    if (s >= 0 && s < 3) {
-      r = child_syscall(SYS_fcntl, s, F_DUPFD_CLOEXEC, 3);
+  for (int i = 0; i < 3; ++i) {
+    if (src[i] >= 0 && src[i] < 3 && src[i] != i) {
+      r = child_syscall(SYS_fcntl, src[i], F_DUPFD_CLOEXEC, 3);
       if (r < 0) child_fail(p, launch_step::stdio, r);
-      s = static_cast<int>(r);
+      src[i] = static_cast<int>(r);
     }
   }
   for (int t = 0; t < 3; ++t) {
     if (src[t] < 0) continue;
-    r = child_syscall(SYS_dup3, src[t], t, 0);
+    if (src[t] == t) {
+      r = child_syscall(SYS_fcntl, t, F_SETFD, 0);  // already in place: just inheritable
+    } else {
+      r = child_syscall(SYS_dup3, src[t], t, 0);
+    }
     if (r < 0) child_fail(p, launch_step::stdio, r);
   }
   if (p.err_to_out) {
     r = child_syscall(SYS_dup3, 1, 2, 0);
     if (r < 0) child_fail(p, launch_step::stdio, r);
   }
-  // Close every fd >= 3 except keep_fds.
+  // Close every fd >= 3 except keep_fds (a failed close_range falls back to a loop).
   unsigned lo = 3;
-  auto close_from_to = [&](unsigned a, unsigned b) {
-    if (a > b) return;
-    if (child_syscall(PIDRING_SYS_CLOSE_RANGE, a, b, 0) == 0) return;
-    unsigned end = std::min<unsigned>(b, static_cast<unsigned>(p.max_fd));
-    for (unsigned fd = a; fd <= end; ++fd) child_syscall(SYS_close, fd);
-  };
-  for (int k : p.keep_fds) {
-    close_from_to(lo, static_cast<unsigned>(k) - 1);
+  for (std::size_t i = 0; i < p.keep_count; ++i) {
+    const int k = p.keep_fds[i];
+    child_close_range(p, lo, static_cast<unsigned>(k) - 1);
     r = child_syscall(SYS_fcntl, k, F_SETFD, 0);
     if (r < 0) child_fail(p, launch_step::close_fds, r);
     lo = static_cast<unsigned>(k) + 1;
   }
-  close_from_to(lo, ~0U);
-  if (p.cwd) {
-    r = child_syscall(SYS_chdir, reinterpret_cast<long>(p.cwd));
-    if (r < 0) child_fail(p, launch_step::chdir, r);
-  }
+  child_close_range(p, lo, ~0U);
   if (p.new_session) {
     r = child_syscall(SYS_setsid);
     if (r < 0) child_fail(p, launch_step::setsid, r);
@@ -158,36 +223,48 @@ PIDRING_NO_SANITIZE inline void child_setup(launch_plan& p) noexcept {
   if (p.parent_death_signal) {
     r = child_syscall(SYS_prctl, PR_SET_PDEATHSIG, p.parent_death_signal);
     if (r < 0) child_fail(p, launch_step::pdeathsig, r);
-    // The parent may have died before prctl: then nobody will send the signal.
-    if (child_syscall(SYS_getppid) != p.parent_pid)
+    // The kernel sends the signal when the spawning thread ends. If it (or the whole parent)
+    // ended before the prctl above, nobody will: send it ourselves. A thread id is not reused
+    // within the microseconds this can take (ids are allocated cyclically).
+    if (child_syscall(SYS_getppid) != p.parent_pid ||
+        child_syscall(SYS_tgkill, p.parent_pid, p.parent_tid, 0) == -ESRCH)
       child_syscall(SYS_kill, child_syscall(SYS_getpid), p.parent_death_signal);
   }
-  if (p.reset_signals) {
-    unsigned long none = 0;
-    child_syscall(SYS_rt_sigprocmask, SIG_SETMASK, reinterpret_cast<long>(&none), 0, 8);
-  }
+  kernel_sigset mask = p.mask;
+  child_syscall(SYS_rt_sigprocmask, SIG_SETMASK, reinterpret_cast<long>(&mask), 0, 8);
+}
+
+// The errors after which execvp goes on to the next PATH entry.
+PIDRING_NO_SANITIZE inline bool exec_try_next(long err) noexcept {
+  return err == -ENOENT || err == -ESTALE || err == -ENOTDIR || err == -ENODEV ||
+         err == -ETIMEDOUT || err == -EACCES;
 }
 
 [[noreturn]] PIDRING_NO_SANITIZE inline void child_exec(launch_plan& p) noexcept {
   child_setup(p);
-  // execvp's rules: keep looking after ENOENT/ENOTDIR/EACCES; EACCES wins if nothing runs.
+  p.error = 0;  // reached exec: from here on a death is the program's own
+  // execvp's rules: go on after ENOENT, ENOTDIR, EACCES (and the like); EACCES wins if nothing
+  // runs; any other error ends the search. With one explicit path, report what execve said.
   long err = -ENOENT;
   bool saw_eacces = false;
-  for (std::size_t i = 0; i < p.candidates.size(); ++i) {
+  for (std::size_t i = 0; i < p.candidate_count; ++i) {
     long r = child_syscall(SYS_execve, reinterpret_cast<long>(p.candidates[i]),
                            reinterpret_cast<long>(p.argv), reinterpret_cast<long>(p.envp));
+    err = r;
+    if (!exec_try_next(r)) {
+      p.failed_candidate = static_cast<int>(i);
+      child_fail(p, launch_step::exec, r);
+    }
     if (r == -EACCES) {
       saw_eacces = true;
       p.failed_candidate = static_cast<int>(i);
-      continue;
     }
-    if (r == -ENOENT || r == -ENOTDIR || r == -ENAMETOOLONG || r == -ELOOP || r == -ESTALE)
-      continue;
-    p.failed_candidate = static_cast<int>(i);
-    err = r;
-    break;
   }
-  if (saw_eacces && err == -ENOENT) err = -EACCES;
+  if (saw_eacces) {
+    err = -EACCES;
+  } else if (!p.searched_path) {
+    p.failed_candidate = 0;
+  }
   child_fail(p, launch_step::exec, err);
 }
 
@@ -197,132 +274,226 @@ PIDRING_NO_SANITIZE inline int child_exec_entry(void* plan) noexcept {
 
 // ---- the parent side -------------------------------------------------------------------------
 
-// The small stack a vfork-style child runs on while the parent waits for its exec. One per thread:
-// CLONE_VFORK suspends the thread until the child has exec'd or exited.
-class child_stack {
+// Stacks for children that share our memory until they exec. CLONE_VFORK suspends the spawning
+// thread until then, so one stack per thread is enough; a daemon launch needs two (the
+// intermediate child and the grandchild), so it maps its own.
+class child_stacks {
  public:
-  static constexpr std::size_t size = 256 * 1024;
-  child_stack() {
-    void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE,
+  static constexpr std::size_t stack_size = 128 * 1024;
+  static constexpr std::size_t guard = 4096;
+
+  explicit child_stacks(unsigned count) : count_(count) {
+    void* p = ::mmap(nullptr, bytes(), PROT_READ | PROT_WRITE,
                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK | MAP_NORESERVE, -1, 0);
     if (p == MAP_FAILED) throw_errno(errno, "spawn: mmap of the child's stack");
-    ::mprotect(p, 4096, PROT_NONE);  // guard page
     base_ = static_cast<char*>(p);
+    for (unsigned i = 0; i < count_; ++i)
+      ::mprotect(base_ + i * (stack_size + guard), guard, PROT_NONE);  // a guard below each
   }
-  ~child_stack() { ::munmap(base_, size); }
-  child_stack(const child_stack&) = delete;
-  child_stack& operator=(const child_stack&) = delete;
-  char* top() const noexcept { return base_ + size; }
+  ~child_stacks() { ::munmap(base_, bytes()); }
+  child_stacks(const child_stacks&) = delete;
+  child_stacks& operator=(const child_stacks&) = delete;
 
-  static child_stack& for_this_thread() {
-    thread_local child_stack s;
+  // The top of stack i (stacks grow down; 16-byte aligned).
+  char* top(unsigned i) const noexcept { return base_ + (i + 1) * (stack_size + guard); }
+
+  // The calling thread's stack for program spawns, made on its first spawn.
+  static child_stacks& for_this_thread() {
+    thread_local child_stacks s(1);
     return s;
   }
 
  private:
+  std::size_t bytes() const noexcept { return count_ * (stack_size + guard); }
+  unsigned count_;
   char* base_ = nullptr;
 };
 
-// 1: clone3 works, 0: not known yet, -1: missing (ENOSYS, e.g. a seccomp filter): use clone().
-inline std::atomic<int>& clone3_state() {
-  static std::atomic<int> s{0};
-  return s;
-}
-
-#if defined(__x86_64__)
-// clone3 that runs fn(arg) on a new stack in the child (glibc 2.36 has no clone3 wrapper).
-// The child never returns into C++ code: it execs or exits.
-inline long clone3_with_stack(clone_args* args, int (*fn)(void*), void* arg) noexcept {
-  long ret;
-  asm volatile(
-      "syscall\n\t"
-      "testq %%rax, %%rax\n\t"
-      "jnz 1f\n\t"
-      "xorl %%ebp, %%ebp\n\t"
-      "movq %[arg], %%rdi\n\t"
-      "callq *%[fn]\n\t"
-      "movl %%eax, %%edi\n\t"
-      "movl $231, %%eax\n\t"  // exit_group
-      "syscall\n\t"
-      "ud2\n"
-      "1:\n\t"
-      : "=a"(ret)
-      : "a"(static_cast<long>(PIDRING_SYS_CLONE3)), "D"(args), "S"(sizeof(clone_args)),
-        [fn] "r"(fn), [arg] "r"(arg)
-      : "rcx", "r11", "memory", "cc");
-  return ret;
-}
-#define PIDRING_HAVE_CLONE3_WITH_STACK 1
-#endif
-
-// Starts a vfork-style child running child_exec(plan). Returns the pidfd and pid, or -errno.
+// A started child: its pidfd and pid, or the errno of the call that failed.
 struct launched {
   int pidfd = -1;
   pid_t pid = -1;
   int error = 0;
 };
 
+// Blocks every signal of the calling thread, glibc's internal ones included, until destroyed:
+// no handler of ours may run in a child that shares our memory.
+class all_signals_blocked {
+ public:
+  all_signals_blocked() noexcept {
+    kernel_sigset all = ~kernel_sigset{0};
+    ::syscall(SYS_rt_sigprocmask, SIG_SETMASK, &all, &old_, 8);
+  }
+  ~all_signals_blocked() { ::syscall(SYS_rt_sigprocmask, SIG_SETMASK, &old_, nullptr, 8); }
+  all_signals_blocked(const all_signals_blocked&) = delete;
+  all_signals_blocked& operator=(const all_signals_blocked&) = delete;
+
+ private:
+  kernel_sigset old_ = 0;
+};
+
+// clone(CLONE_VM | CLONE_VFORK | CLONE_PIDFD) running fn(arg) on `stack_top`; returns once the
+// child has exec'd or exited. exit_signal 0: no SIGCHLD, and neither SIGCHLD = SIG_IGN nor a
+// waitpid(-1) without __WALL can take the child from us.
+inline launched clone_vfork(int (*fn)(void*), void* arg, char* stack_top) noexcept {
+  int pidfd = -1;
+  int r;
+  int err = 0;
+  {
+    all_signals_blocked blocked;
+    const int saved = errno;
+    r = ::clone(fn, stack_top, CLONE_VM | CLONE_VFORK | CLONE_PIDFD, arg, &pidfd);
+    err = r < 0 ? errno : 0;
+    errno = saved;
+  }
+  if (r < 0) return {-1, -1, err};
+  return {pidfd, static_cast<pid_t>(r), 0};
+}
+
+// Starts a child that runs child_exec(plan): the plan's error says whether it exec'd.
 inline launched launch_exec(launch_plan& plan) {
-  child_stack& stack = child_stack::for_this_thread();
-  sigset_t all, old;
-  sigfillset(&all);
-  // With all signals blocked no handler of ours can run in the child, which shares our memory.
-  pthread_sigmask(SIG_SETMASK, &all, &old);
-  int pidfd = -1;
-  long r = -ENOSYS;
-#ifdef PIDRING_HAVE_CLONE3_WITH_STACK
-  if (clone3_state().load(std::memory_order_relaxed) >= 0) {
-    clone_args args;
-    args.flags = clone_vm | clone_vfork | clone_pidfd | clone_clear_sighand;
-    args.pidfd = reinterpret_cast<std::uintptr_t>(&pidfd);
-    args.exit_signal = 0;
-    args.stack = reinterpret_cast<std::uintptr_t>(stack.top() - child_stack::size + 4096);
-    args.stack_size = child_stack::size - 4096;
-    r = clone3_with_stack(&args, &child_exec_entry, &plan);
-    if (r == -ENOSYS)
-      clone3_state().store(-1, std::memory_order_relaxed);
+  child_stacks& stacks = child_stacks::for_this_thread();
+  plan.error = launch_not_started;
+  return clone_vfork(&child_exec_entry, &plan, stacks.top(0));
+}
+
+// Reaps a child that is known to have exited (or to be about to) and gives its wait status.
+inline int reap_exited(int pidfd) noexcept {
+  siginfo_t info;
+  int r;
+  do r = sys_waitid_pidfd(pidfd, info, WEXITED);
+  while (r == -EINTR);
+  if (r < 0) return 0;
+  switch (info.si_code) {
+    case CLD_KILLED: return info.si_status;
+    case CLD_DUMPED: return info.si_status | 0x80;
+    default: return (info.si_status & 0xff) << 8;
+  }
+}
+
+// ---- the double fork of a program (only async-signal-safe work in both children) -------------
+
+// Shared by the parent, the intermediate child and the grandchild: all three share memory until
+// the grandchild execs.
+struct daemon_launch {
+  launch_plan* grandchild = nullptr;
+  char* grandchild_stack = nullptr;
+  // Written by the intermediate child.
+  bool finished = false;
+  int error = 0;
+  launch_step failed_step = launch_step::none;
+  pid_t pid = -1;
+};
+
+PIDRING_NO_SANITIZE inline int daemon_intermediate_entry(void* arg) noexcept {
+  auto& d = *static_cast<daemon_launch*>(arg);
+  const long r = child_syscall(SYS_setsid);
+  if (r < 0) {
+    d.error = static_cast<int>(-r);
+    d.failed_step = launch_step::setsid;
+  } else {
+    // The grandchild sends SIGCHLD when it ends, as init or a subreaper expects of its children.
+    const int saved = errno;
+    const int g = ::clone(&child_exec_entry, d.grandchild_stack, CLONE_VM | CLONE_VFORK | SIGCHLD,
+                          d.grandchild);
+    if (g < 0)
+      d.error = errno;
     else
-      clone3_state().store(1, std::memory_order_relaxed);
+      d.pid = g;
+    errno = saved;
   }
-#endif
-  if (r == -ENOSYS) {
-    r = ::clone(&child_exec_entry, stack.top(),
-                static_cast<int>(clone_vm | clone_vfork | clone_pidfd), &plan, &pidfd);
-    if (r < 0) r = -errno;
-  }
-  pthread_sigmask(SIG_SETMASK, &old, nullptr);
-  if (r < 0) return {-1, -1, static_cast<int>(-r)};
-  return {pidfd, static_cast<pid_t>(r), 0};
+  d.finished = true;
+  child_exit(0);
 }
 
-// fork() that also gives a pidfd and sets no exit signal. Returns 0 in the child.
-inline launched fork_with_pidfd() {
-  int pidfd = -1;
-  long r = -ENOSYS;
-  if (clone3_state().load(std::memory_order_relaxed) >= 0) {
-    clone_args args;
-    args.flags = clone_pidfd;
-    args.pidfd = reinterpret_cast<std::uintptr_t>(&pidfd);
-    args.exit_signal = 0;
-    r = ::syscall(PIDRING_SYS_CLONE3, &args, sizeof args);
-    if (r < 0) r = -errno;
-    if (r == -ENOSYS) clone3_state().store(-1, std::memory_order_relaxed);
+// ---- callables: glibc fork() with a pidfd from birth --------------------------------------------
+
+// fork() through glibc, so the child is an ordinary fork() child, and a pidfd for it. Returns pid
+// 0 in the child (once the parent holds the pidfd). In the parent, throws if the child could not
+// be tracked: then no child is left behind.
+inline launched fork_with_pidfd(const std::string& who) {
+  int sv[2];
+  if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
+    throw_errno(errno, who + ": socketpair");
+  const pid_t pid = ::fork();
+  if (pid < 0) {
+    const int err = errno;
+    ::close(sv[0]);
+    ::close(sv[1]);
+    throw_errno(err, who + ": fork");
   }
-  if (r == -ENOSYS) {
-    // Raw clone without a stack behaves like fork; CLONE_PIDFD returns the pidfd in parent_tid.
-    r = ::syscall(SYS_clone, static_cast<unsigned long>(clone_pidfd), 0L, &pidfd, 0L, 0L);
-    if (r < 0) r = -errno;
+  if (pid == 0) {
+    // Wait at the gate: until the parent holds our pidfd, we must not exit (our pid would be
+    // free for reuse while the parent still names us by it).
+    ::close(sv[0]);
+    char go = 0;
+    ssize_t n;
+    do n = ::read(sv[1], &go, 1);
+    while (n < 0 && errno == EINTR);
+    ::close(sv[1]);
+    if (n != 1) ::_exit(127);  // the parent gave up on us
+    return {-1, 0, 0};
   }
-  if (r < 0) return {-1, -1, static_cast<int>(-r)};
-  return {pidfd, static_cast<pid_t>(r), 0};
+  ::close(sv[1]);
+  unique_fd gate(sv[0]);
+  const int pidfd = sys_pidfd_open(pid);
+  if (pidfd < 0) {
+    gate.reset();  // the child reads end of file and exits
+    if (pidfd != -ESRCH) {
+      // Still ours and alive until it reads the end of file: its pid cannot have been reused.
+      siginfo_t info;
+      while (::waitid(P_PID, static_cast<id_t>(pid), &info, WEXITED | __WALL) < 0 && errno == EINTR) {
+      }
+    }
+    throw_errno(-pidfd, who + ": pidfd_open");
+  }
+  unique_fd fd(pidfd);
+  // The child cannot exit by itself before the gate opens; only a signal can end it. Then it may
+  // also have been reaped elsewhere (a waitpid(-1), SIGCHLD = SIG_IGN) and the pidfd may name
+  // whatever got the pid: check that it names a live child of ours before trusting it.
+  siginfo_t info;
+  const int r = sys_waitid_pidfd(pidfd, info, WEXITED | WNOHANG | WNOWAIT);
+  if (r == -ECHILD)
+    throw_errno(ESRCH, who + ": the child was killed and reaped elsewhere before it started");
+  if (r == 0 && info.si_pid != 0) {
+    const int status = reap_exited(pidfd);
+    throw_errno(ESRCH, who + ": the child ended before it could start (" +
+                           exit_status::from_wait_status(status).to_string() + ")");
+  }
+  const char go = 1;
+  // MSG_NOSIGNAL: a child killed this very moment must not raise SIGPIPE here; its handle then
+  // reports how it ended.
+  [[maybe_unused]] ssize_t n = ::send(gate.get(), &go, 1, MSG_NOSIGNAL);
+  return {fd.release(), pid, 0};
 }
 
-// True if another thread than this one runs in the process. io_uring's own kernel workers
-// (iou-wrk-*, iou-sqp-*) show up as threads but hold no user-space locks, so they do not count.
+// ---- /proc ------------------------------------------------------------------------------------
+
+// The first `limit` bytes of a /proc (or other small) file; empty if it cannot be read. Opened
+// close-on-exec: a program another thread starts meanwhile must not inherit it.
+inline std::string read_small_file(const char* path, std::size_t limit = 4096) {
+  std::string data;
+  const int fd = ::open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+  if (fd < 0) return data;
+  data.resize(limit);
+  std::size_t got = 0;
+  while (got < limit) {
+    const ssize_t n = ::read(fd, data.data() + got, limit - got);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    got += static_cast<std::size_t>(n);
+  }
+  ::close(fd);
+  data.resize(got);
+  return data;
+}
+
+// True if a thread other than this one runs in the process. io_uring's kernel workers
+// (iou-wrk-*, iou-sqp-*) and pidring's own threads hold no lock a forked child could need, so
+// they do not count.
 inline bool other_threads_running() {
-  std::ifstream stat("/proc/self/stat");
-  std::string s((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
-  auto close = s.rfind(')');
+  const std::string s = read_small_file("/proc/self/stat");
+  const auto close = s.rfind(')');
   if (close == std::string::npos) return false;
   // Fields after "(comm)": state is field 3, num_threads is field 20.
   const char* p = s.c_str() + close + 2;
@@ -332,18 +503,17 @@ inline bool other_threads_running() {
     ++p;
   }
   if (std::atol(p) <= 1) return false;
-  DIR* d = ::opendir("/proc/self/task");
+  DIR* d = ::opendir("/proc/self/task");  // glibc opens directories O_CLOEXEC
   if (!d) return true;
   bool others = false;
-  const pid_t self = static_cast<pid_t>(::syscall(SYS_gettid));
+  const auto self = static_cast<pid_t>(::syscall(SYS_gettid));
   while (dirent* e = ::readdir(d)) {
     if (e->d_name[0] == '.') continue;
     const pid_t tid = std::atoi(e->d_name);
     if (tid == self || own_threads::contains(tid)) continue;
-    std::ifstream comm(std::string("/proc/self/task/") + e->d_name + "/comm");
-    std::string name;
-    std::getline(comm, name);
-    if (name.rfind("iou-", 0) == 0) continue;
+    const std::string comm =
+        read_small_file(("/proc/self/task/" + std::string(e->d_name) + "/comm").c_str(), 64);
+    if (comm.rfind("iou-", 0) == 0) continue;
     others = true;
     break;
   }

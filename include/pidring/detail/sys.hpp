@@ -15,29 +15,6 @@
 
 namespace pidring::detail {
 
-// The kernel's struct clone_args (version 0, 64 bytes); declared here because <linux/sched.h>
-// clashes with glibc's <sched.h> on some systems.
-struct clone_args {
-  std::uint64_t flags = 0;
-  std::uint64_t pidfd = 0;
-  std::uint64_t child_tid = 0;
-  std::uint64_t parent_tid = 0;
-  std::uint64_t exit_signal = 0;
-  std::uint64_t stack = 0;
-  std::uint64_t stack_size = 0;
-  std::uint64_t tls = 0;
-};
-
-inline constexpr std::uint64_t clone_pidfd = 0x00001000;          // CLONE_PIDFD
-inline constexpr std::uint64_t clone_vm = 0x00000100;             // CLONE_VM
-inline constexpr std::uint64_t clone_vfork = 0x00004000;          // CLONE_VFORK
-inline constexpr std::uint64_t clone_clear_sighand = 0x100000000ULL;  // CLONE_CLEAR_SIGHAND (5.5)
-
-#ifndef SYS_clone3
-#define PIDRING_SYS_CLONE3 435
-#else
-#define PIDRING_SYS_CLONE3 SYS_clone3
-#endif
 #ifndef SYS_pidfd_open
 #define PIDRING_SYS_PIDFD_OPEN 434
 #else
