@@ -126,6 +126,22 @@ struct exit_wait_prep {
   }
 };
 
+// Counts a ring operation that names the child's pidfd for as long as it may be in flight, and
+// closes the pidfd once the status is known and nothing names it (also when the await throws).
+class kernel_wait_scope {
+ public:
+  explicit kernel_wait_scope(process_state& s) noexcept : s_(s) { ++s_.kernel_waits; }
+  ~kernel_wait_scope() {
+    --s_.kernel_waits;
+    s_.release_pidfd_if_idle();
+  }
+  kernel_wait_scope(const kernel_wait_scope&) = delete;
+  kernel_wait_scope& operator=(const kernel_wait_scope&) = delete;
+
+ private:
+  process_state& s_;
+};
+
 // Waits until the child ends (its status), the stop token fires or the timeout passes (nullopt).
 inline task<std::optional<exit_status>> wait_until(std::shared_ptr<process_state> s,
                                                    std::stop_token stop,
@@ -133,14 +149,13 @@ inline task<std::optional<exit_status>> wait_until(std::shared_ptr<process_state
   io_context& io = *s->io;
   for (;;) {
     if (s->status) co_return s->status;
-    ++s->kernel_waits;
-    int res = co_await submit(io, exit_wait_prep{s->pidfd.get(), context_access::use_waitid(io)},
-                              stop, timeout);
-    --s->kernel_waits;
-    if (res == -ECANCELED) {
-      s->release_pidfd_if_idle();
-      co_return s->status;  // stopped or timed out (unless another waiter reaped meanwhile)
+    int res;
+    {
+      kernel_wait_scope counted(*s);
+      res = co_await submit(io, exit_wait_prep{s->pidfd.get(), context_access::use_waitid(io)},
+                            stop, timeout);
     }
+    if (res == -ECANCELED) co_return s->status;  // stopped or timed out (unless reaped meanwhile)
     if (res < 0 && res != -ECHILD && res != -EINTR)
       throw_errno(-res, "wait for " + s->describe() +
                             (context_access::use_waitid(io) ? ": IORING_OP_WAITID"
@@ -155,20 +170,21 @@ inline task<exit_status> wait_exit(std::shared_ptr<process_state> s) {
 }
 
 // A dropped or detached child: reaped when it ends, while the context runs. If the context ends
-// first, a child we killed is given a moment to die; any other goes to the orphanage.
+// first, a child we killed is waited for on the ring a little longer (the context's destructor
+// drives these waits, all at once, never blocking on one); any other goes to the orphanage.
 inline detached reap_in_background(std::shared_ptr<process_state> s) {
   try {
     auto st = co_await wait_until(s, context_access::shutdown_token(*s->io), std::nullopt);
     if (st) co_return;
-    if (s->killed) {
-      pollfd p{s->pidfd.get(), POLLIN, 0};
-      ::poll(&p, 1, 1000);
-      if (s->reap_now()) co_return;
-    }
-  } catch (const std::system_error&) {
-    co_return;  // reaped elsewhere: nothing left to reap
+    if (s->killed && (co_await wait_until(s, {}, std::chrono::seconds(1)))) co_return;
+  } catch (...) {
+    // Reaped elsewhere, or the ring refused the wait: the orphanage takes it if it can.
   }
-  if (s->pidfd) orphans().adopt(std::move(s->pidfd));
+  try {
+    if (s->pidfd && !s->status) orphans().adopt(std::move(s->pidfd));
+  } catch (...) {
+    // No memory to remember it: it stays a zombie until the process ends.
+  }
 }
 
 struct child_parts {

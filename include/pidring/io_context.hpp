@@ -4,11 +4,13 @@
 
 #include <pidring/detail/error.hpp>
 #include <pidring/detail/sys.hpp>
+#include <pidring/detail/test_hooks.hpp>
 #include <pidring/detail/uring.hpp>
 #include <pidring/task.hpp>
 
 #include <sys/eventfd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <coroutine>
@@ -29,8 +31,8 @@ namespace pidring {
 
 /// How an io_context sets up its ring.
 struct context_options {
-  /// Submission queue size. More concurrent operations than this are fine: a full queue is
-  /// submitted and refilled, never dropped.
+  /// Submission queue size, clamped to [8, 32768]. More concurrent operations than this are
+  /// fine: a full queue is submitted and refilled, never dropped.
   unsigned entries = 256;
   /// false: never use IORING_OP_WAITID (Linux 6.7); child waits then poll the pidfd and reap
   /// with waitid(WNOHANG), as on older kernels.
@@ -49,8 +51,11 @@ struct completion {
 
 // Lets a std::stop_token cancel one in-flight operation, from any thread. target is read and
 // cleared only on the ring's thread; it is null once the operation's own CQE has arrived.
+// Queued cancels are linked through `next` (under the context's mutex), so queueing one never
+// allocates and therefore never fails.
 struct cancel_ticket {
   completion* target;
+  std::shared_ptr<cancel_ticket> next{};
 };
 
 struct context_access;
@@ -168,8 +173,12 @@ class io_context {
   /// Sets up the ring and probes the kernel's operations. Throws std::system_error that says why
   /// if io_uring is unavailable (no kernel support, a seccomp policy, a sysctl, RLIMIT_MEMLOCK).
   explicit io_context(context_options options = {}) : options_(options) {
+    // Fewer than 8 entries could not hold a linked pair (an operation and its timeout) while
+    // anything else is queued; more than 32768 is more than the kernel takes.
+    options_.entries = std::clamp(options.entries, 8u, 32768u);
     io_uring_params p{};
-    const unsigned cq = options.entries < 1024 ? options.entries * 4 : options.entries * 2;
+    const unsigned entries = options_.entries;
+    const unsigned cq = entries < 1024 ? entries * 4 : entries * 2;
     // COOP_TASKRUN: completions are run when we enter the kernel anyway, no interrupts.
     // SUBMIT_ALL: one bad SQE does not stop the rest of a batch. Older kernels refuse the flags.
     const unsigned tries[] = {
@@ -180,15 +189,17 @@ class io_context {
       p = io_uring_params{};
       p.flags = flags;
       p.cq_entries = cq;
-      r = io_uring_queue_init_params(options.entries == 0 ? 1 : options.entries, &ring_, &p);
+      r = io_uring_queue_init_params(entries, &ring_, &p);
       if (r != -EINVAL) break;
     }
-    if (r < 0) detail::throw_errno(-r, detail::explain_setup_failure(-r, options.entries));
+    if (r < 0) detail::throw_errno(-r, detail::explain_setup_failure(-r, entries));
     if (!(p.features & IORING_FEAT_NODROP)) {
       io_uring_queue_exit(&ring_);
       detail::throw_errno(ENOSYS, "io_context: this kernel's io_uring may drop completions"
                                   " (no IORING_FEAT_NODROP, Linux < 5.5)");
     }
+    // Linux < 5.11: timed waits make liburing queue timeout SQEs of its own (see dispatch).
+    if (detail::hooks().ring_without_ext_arg) ring_.features &= ~IORING_FEAT_EXT_ARG;
     if (io_uring_probe* probe = io_uring_get_probe_ring(&ring_)) {
       has_waitid_ = io_uring_opcode_supported(probe, detail::op_waitid) != 0;
       io_uring_free_probe(probe);
@@ -206,7 +217,7 @@ class io_context {
     owner_.store(std::this_thread::get_id());
     // Each operation's memory may be written until its own CQE arrives: wait for all of them.
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-    try {
+    if (!broken_) try {
       shutdown_.request_stop();
       if (copy_service_) copy_service_->shutdown();
       cancel_everything();
@@ -239,11 +250,23 @@ class io_context {
       ~restore_flag() { flag = old; }
     } restore{detail::sigpipe_blocked_by_run(), detail::sigpipe_blocked_by_run()};
     detail::sigpipe_blocked_by_run() = !guard.was_blocked();
+    if (broken_) throw std::logic_error("io_context::run: the ring failed in an earlier run()");
     auto h = t.handle();
     h.resume();
-    while (!h.done()) run_once(std::nullopt);
-    flush_ready();
-    io_uring_submit(&ring_);
+    try {
+      while (!h.done()) run_once(std::nullopt);
+      flush_ready();
+      io_uring_submit(&ring_);
+    } catch (...) {
+      // io_uring_enter itself failed (the ring's fd was closed under us, say): the kernel may
+      // still write into the frames of operations in flight, so they must never be freed. The
+      // task is leaked on purpose, the coroutines waiting to resume with it are dropped, and
+      // the context is unusable from now on.
+      broken_ = true;
+      ready_.clear();
+      static_cast<void>(new task<T>(std::move(t)));
+      throw;
+    }
     return h.promise().result();
   }
 
@@ -282,17 +305,21 @@ class io_context {
   void schedule(std::coroutine_handle<> h) { ready_.push_back(h); }
 
   // Copies each CQE's result into its operation, advances the CQ, and only then (in
-  // flush_ready) resumes coroutines, so a resumed coroutine never sees a half-read CQ.
+  // flush_ready) resumes coroutines, so a resumed coroutine never sees a half-read CQ. A CQE
+  // that is not ours is skipped: on kernels without IORING_FEAT_EXT_ARG (< 5.11), liburing's
+  // timed wait queues its own IORING_OP_TIMEOUT with user_data LIBURING_UDATA_TIMEOUT.
   unsigned dispatch_completions() noexcept {
-    unsigned head, n = 0;
+    unsigned head, n = 0, ours = 0;
     io_uring_cqe* cqe;
     io_uring_for_each_cqe(&ring_, head, cqe) {
       ++n;
+      if (cqe->user_data == LIBURING_UDATA_TIMEOUT) continue;
+      ++ours;
       if (auto* c = static_cast<detail::completion*>(io_uring_cqe_get_data(cqe)))
         c->on_complete(c, cqe->res, cqe->flags);
     }
     io_uring_cq_advance(&ring_, n);
-    in_flight_ -= n;
+    in_flight_ -= ours;
     return n;
   }
 
@@ -305,6 +332,7 @@ class io_context {
   }
 
   void run_once(std::optional<std::chrono::nanoseconds> timeout) {
+    if (cancels_pending_.load(std::memory_order_acquire)) run_queued_cancels();
     if (!ready_.empty()) {
       // Completions read while submitting (a full SQ) are resumed first; the caller then checks
       // whether its task ended before we wait for the kernel.
@@ -338,15 +366,19 @@ class io_context {
     io_uring_sqe_set_data(&sqe, nullptr);
   }
 
-  // From a stop callback, on any thread.
-  void request_cancel(const std::shared_ptr<detail::cancel_ticket>& t) {
-    if (std::this_thread::get_id() == owner_.load()) {
-      if (t->target) cancel_now(t->target);
-      return;
-    }
+  // From a stop callback, on any thread; never fails. The cancel is queued (no allocation),
+  // then submitted at once on the ring's thread, or after an eventfd wake-up from another one.
+  // A cancel that cannot get an SQE right now stays queued and is retried by the loop.
+  void request_cancel(const std::shared_ptr<detail::cancel_ticket>& t) noexcept {
     {
       std::lock_guard lock(remote_mutex_);
-      remote_.push_back(t);
+      t->next = std::move(queued_cancels_);
+      queued_cancels_ = t;
+      cancels_pending_.store(true, std::memory_order_release);
+    }
+    if (std::this_thread::get_id() == owner_.load()) {
+      run_queued_cancels();
+      return;
     }
     std::uint64_t one = 1;
     [[maybe_unused]] ssize_t n = ::write(wake_fd_.get(), &one, sizeof one);
@@ -361,27 +393,46 @@ class io_context {
   }
 
   detail::detached wake_loop();
-  void run_remote_cancels() {
-    std::vector<std::shared_ptr<detail::cancel_ticket>> todo;
+  // On the ring's thread: submits every queued cancel whose operation is still in flight.
+  void run_queued_cancels() noexcept {
+    std::shared_ptr<detail::cancel_ticket> todo;
     {
       std::lock_guard lock(remote_mutex_);
-      todo.swap(remote_);
+      todo = std::move(queued_cancels_);
+      cancels_pending_.store(false, std::memory_order_relaxed);
     }
-    for (auto& t : todo)
-      if (t->target) cancel_now(t->target);
+    while (todo) {
+      std::shared_ptr<detail::cancel_ticket> next = std::move(todo->next);
+      try {
+        if (todo->target) cancel_now(todo->target);
+      } catch (...) {
+        // No SQE now (the ring refused a submit): keep it, and the rest, for the next loop turn.
+        std::lock_guard lock(remote_mutex_);
+        todo->next = std::move(next);
+        std::shared_ptr<detail::cancel_ticket> last = todo;
+        while (last->next) last = last->next;
+        last->next = std::move(queued_cancels_);
+        queued_cancels_ = std::move(todo);
+        cancels_pending_.store(true, std::memory_order_release);
+        return;
+      }
+      todo = std::move(next);
+    }
   }
 
   io_uring ring_{};
   context_options options_;
   bool has_waitid_ = false;
   bool running_ = false;
+  bool broken_ = false;     // io_uring_enter failed inside run(): see there
   unsigned in_flight_ = 0;  // SQEs handed out whose CQE has not arrived yet
   std::vector<std::coroutine_handle<>> ready_, resuming_;
   std::atomic<std::thread::id> owner_;
   std::stop_source shutdown_;
   std::shared_ptr<int> alive_ = std::make_shared<int>(0);  // expires with the context
   std::mutex remote_mutex_;
-  std::vector<std::shared_ptr<detail::cancel_ticket>> remote_;
+  std::shared_ptr<detail::cancel_ticket> queued_cancels_;  // guarded by remote_mutex_
+  std::atomic<bool> cancels_pending_{false};
   detail::unique_fd wake_fd_;
   std::uint64_t wake_buf_ = 0;
   std::unique_ptr<detail::context_service> copy_service_;  // the copy pool, once a copy ran
@@ -411,13 +462,7 @@ struct context_access {
 struct stop_canceller {
   io_context* io;
   std::shared_ptr<cancel_ticket> ticket;
-  void operator()() noexcept {
-    try {
-      context_access::request_cancel(*io, ticket);
-    } catch (...) {
-      // Out of SQEs and the kernel refuses to take more: the operation ends on its own.
-    }
-  }
+  void operator()() noexcept { context_access::request_cancel(*io, ticket); }
 };
 
 /// One io_uring request awaited by one coroutine; co_await gives the CQE's res (-errno on error).
@@ -547,7 +592,7 @@ inline detail::detached io_context::wake_loop() {
         *this, [fd, buf](io_uring_sqe& sqe) { io_uring_prep_read(&sqe, fd, buf, sizeof *buf, 0); },
         stop);
     if (res < 0 && res != -EINTR && res != -EAGAIN) break;
-    run_remote_cancels();
+    run_queued_cancels();
   }
 }
 

@@ -92,7 +92,13 @@ class pipe_reader {
       pos_ = 0;
       std::size_t old = buffer_.size();
       buffer_.resize(old + chunk);
-      int n = co_await read_raw(buffer_.data() + old, chunk, {});
+      int n = 0;
+      try {
+        n = co_await read_raw(buffer_.data() + old, chunk, {});
+      } catch (...) {
+        buffer_.resize(old);  // the bytes never read must not be handed out later
+        throw;
+      }
       buffer_.resize(old + static_cast<std::size_t>(n));
       if (n == 0) eof_ = true;
     }

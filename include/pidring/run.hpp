@@ -48,6 +48,11 @@ namespace detail {
 inline constexpr std::chrono::milliseconds run_drain_grace{100};
 
 inline task<void> run_feed(pipe_writer& w, std::string_view data, std::stop_token stop) {
+  // However feeding ends, the child must see end of file on its stdin.
+  struct close_at_end {
+    pipe_writer& w;
+    ~close_at_end() { w.close(); }
+  } closing{w};
   try {
     co_await w.write_all(data, stop);
   } catch (const std::system_error& e) {
@@ -55,7 +60,6 @@ inline task<void> run_feed(pipe_writer& w, std::string_view data, std::stop_toke
     // its status says what happened.
     if (e.code() != std::errc::broken_pipe && e.code() != std::errc::operation_canceled) throw;
   }
-  w.close();
 }
 
 inline task<void> run_drain(pipe_reader& r, std::string& out, std::stop_token stop,

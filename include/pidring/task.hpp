@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <exception>
 #include <optional>
+#include <stdexcept>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -147,7 +148,10 @@ class [[nodiscard]] task {
     bool await_suspend(std::coroutine_handle<> awaiting) noexcept {
       return !h.promise().start_inline(h, awaiting);
     }
-    T await_resume() { return h.promise().result(); }
+    T await_resume() {
+      if (!h) throw std::logic_error("co_await of an empty task (default-constructed or moved from)");
+      return h.promise().result();
+    }
   };
   /// co_await std::move(t) (or on a temporary): runs the task, gives its value or rethrows.
   awaiter operator co_await() && noexcept { return awaiter{h_}; }
