@@ -224,10 +224,16 @@ void emfile_scenario() {
   // And the ring itself: no fd for it is a clear error.
   {
     fd_filler filler(0);
-    const std::string msg = reliability::expect_system_error(
-        EMFILE, [] { pidring::io_context io; }, "io_context with no free fd");
-    expect(contains(msg, "io_uring_setup") && contains(msg, "no file descriptor left"),
-           "the io_context message says no fd was left: " + msg);
+    for (const auto b : {pidring::backend::io_uring, pidring::backend::epoll}) {
+      pidring::context_options o;
+      o.backend = b;
+      const std::string msg = reliability::expect_system_error(
+          EMFILE, [&] { pidring::io_context io(o); }, "io_context with no free fd");
+      expect(b == pidring::backend::io_uring
+                 ? contains(msg, "io_uring_setup") && contains(msg, "no file descriptor left")
+                 : contains(msg, "epoll_create1"),
+             "the io_context message says no fd was left: " + msg);
+    }
   }
   // Everything works again with the fds freed.
   {
@@ -444,27 +450,69 @@ TEST_CASE("reliability: 10,000 concurrent waits through an 8-entry submission qu
 
 // ---- io_uring forbidden, WAITID off, clone3 missing ------------------------------------------
 
-TEST_CASE("reliability: io_uring_setup refused by seccomp (EPERM) makes io_context throw a message that says so",
+// What the epoll fallback must run under a filter that refuses io_uring: spawn, wait_for, run()
+// with pipes, shutdown, copy_file.
+pidring::task<void> everything_on_one_loop(pidring::io_context& io) {
+  pidring::command sleeper{"/bin/sleep", "30"};
+  pidring::child c = pidring::spawn(io, sleeper);
+  const auto none = co_await c.wait_for(std::chrono::milliseconds(20));
+  expect(!none, "wait_for on a sleeping child times out");
+  const auto st = co_await c.shutdown(std::chrono::seconds(5));
+  expect(st.signal() == SIGTERM, "shutdown ends it with SIGTERM: " + st.to_string());
+  pidring::command cat{"/bin/cat"};
+  pidring::run_options o;
+  o.input = std::string(1 << 20, 'x');
+  const auto r = co_await pidring::run(io, cat, o);
+  expect(r.status.success() && r.out == *o.input, "run(cat) moves 1 MiB through its pipes");
+  test_util::temp_dir dir;
+  test_util::write_file(dir / "src", std::string(3 << 20, 'y'));
+  pidring::copy_options durable;
+  durable.durable = true;
+  co_await pidring::copy_file(io, dir / "src", dir / "dst", durable);
+  expect(test_util::read_file(dir / "dst") == std::string(3 << 20, 'y'), "copy_file copies");
+}
+
+TEST_CASE("reliability: io_uring_setup refused by seccomp (EPERM): backend::io_uring throws a message that says so, automatic runs everything on epoll",
           "[reliability]") {
   const auto r = reliability::run_isolated([] {
     reliability::deny_syscall(SYS_io_uring_setup, EPERM);
     const std::string msg = reliability::expect_system_error(
-        EPERM, [] { pidring::io_context io; }, "io_context under a seccomp filter");
+        EPERM,
+        [] {
+          pidring::context_options o;
+          o.backend = pidring::backend::io_uring;
+          pidring::io_context io(o);
+        },
+        "io_context(backend::io_uring) under a seccomp filter");
     expect(contains(msg, "io_uring_setup") && contains(msg, "seccomp"),
            "the message names io_uring_setup and seccomp: " + msg);
+    ::unsetenv("PIDRING_BACKEND");
+    pidring::io_context io;
+    expect(io.backend() == pidring::backend::epoll, "automatic falls back to epoll");
+    io.run(everything_on_one_loop(io));
   });
   if (r.skipped()) SKIP(r.report);
   INFO(r.report);
   REQUIRE(r.ok());
 }
 
-TEST_CASE("reliability: io_uring_setup missing (ENOSYS) makes io_context throw a message that says so",
+TEST_CASE("reliability: io_uring_setup missing (ENOSYS): backend::io_uring throws a message that says so, automatic runs on epoll",
           "[reliability]") {
   const auto r = reliability::run_isolated([] {
     reliability::deny_syscall(SYS_io_uring_setup, ENOSYS);
     const std::string msg = reliability::expect_system_error(
-        ENOSYS, [] { pidring::io_context io; }, "io_context without io_uring");
+        ENOSYS,
+        [] {
+          pidring::context_options o;
+          o.backend = pidring::backend::io_uring;
+          pidring::io_context io(o);
+        },
+        "io_context(backend::io_uring) without io_uring");
     expect(contains(msg, "no io_uring"), "the message says the kernel has no io_uring: " + msg);
+    ::unsetenv("PIDRING_BACKEND");
+    pidring::io_context io;
+    expect(io.backend() == pidring::backend::epoll, "automatic falls back to epoll");
+    io.run(everything_on_one_loop(io));
   });
   if (r.skipped()) SKIP(r.report);
   INFO(r.report);

@@ -112,20 +112,6 @@ struct process_state {
   }
 };
 
-// Fills the SQE that waits for the child to exit without reaping it (WNOWAIT): every waiter is
-// told, and reap_now() then reaps once. IORING_OP_WAITID on Linux 6.7+, else a poll on the pidfd.
-struct exit_wait_prep {
-  int pidfd;
-  bool use_waitid;
-  siginfo_t info{};  // written by the kernel until this operation's own CQE
-  void operator()(io_uring_sqe& sqe) noexcept {
-    if (use_waitid)
-      prep_waitid(sqe, pidfd, WEXITED | WNOWAIT | __WALL, &info);
-    else
-      io_uring_prep_poll_add(&sqe, pidfd, POLLIN);
-  }
-};
-
 // Counts a ring operation that names the child's pidfd for as long as it may be in flight, and
 // closes the pidfd once the status is known and nothing names it (also when the await throws).
 class kernel_wait_scope {
@@ -143,23 +129,25 @@ class kernel_wait_scope {
 };
 
 // Waits until the child ends (its status), the stop token fires or the timeout passes (nullopt).
+// The operation waits for the exit without reaping (io_uring: IORING_OP_WAITID with WNOWAIT on
+// Linux 6.7+, else a poll of the pidfd; epoll: the pidfd's readiness), so every waiter is told;
+// reap_now() then reaps once.
 inline task<std::optional<exit_status>> wait_until(std::shared_ptr<process_state> s,
                                                    std::stop_token stop,
                                                    std::optional<std::chrono::nanoseconds> timeout) {
-  io_context& io = *s->io;
+  event_loop& loop = loop_of(*s->io);
   for (;;) {
     if (s->status) co_return s->status;
+    operation op = operation::make(op_code::child_exit, s->pidfd.get());
+    if (timeout) op.timeout = *timeout;
     int res;
     {
       kernel_wait_scope counted(*s);
-      res = co_await submit(io, exit_wait_prep{s->pidfd.get(), context_access::use_waitid(io)},
-                            stop, timeout);
+      res = co_await io_awaiter(loop, op, stop);
     }
     if (res == -ECANCELED) co_return s->status;  // stopped or timed out (unless reaped meanwhile)
     if (res < 0 && res != -ECHILD && res != -EINTR)
-      throw_errno(-res, "wait for " + s->describe() +
-                            (context_access::use_waitid(io) ? ": IORING_OP_WAITID"
-                                                            : ": IORING_OP_POLL_ADD on the pidfd"));
+      throw_errno(-res, "wait for " + s->describe() + ": " + loop.child_wait_name());
     if (s->reap_now()) co_return s->status;
   }
 }
@@ -169,12 +157,23 @@ inline task<exit_status> wait_exit(std::shared_ptr<process_state> s) {
   co_return *st;
 }
 
+// A coroutine nobody awaits: background work owned by an io_context. It must not throw.
+struct detached {
+  struct promise_type {
+    detached get_return_object() noexcept { return {}; }
+    std::suspend_never initial_suspend() noexcept { return {}; }
+    std::suspend_never final_suspend() noexcept { return {}; }
+    void return_void() noexcept {}
+    void unhandled_exception() noexcept { std::terminate(); }
+  };
+};
+
 // A dropped or detached child: reaped when it ends, while the context runs. If the context ends
 // first, a child we killed is waited for on the ring a little longer (the context's destructor
 // drives these waits, all at once, never blocking on one); any other goes to the orphanage.
 inline detached reap_in_background(std::shared_ptr<process_state> s) {
   try {
-    auto st = co_await wait_until(s, context_access::shutdown_token(*s->io), std::nullopt);
+    auto st = co_await wait_until(s, loop_of(*s->io).shutdown_token(), std::nullopt);
     if (st) co_return;
     if (s->killed && (co_await wait_until(s, {}, std::chrono::seconds(1)))) co_return;
   } catch (...) {

@@ -1,9 +1,11 @@
 #pragma once
 /// @file
 /// pipe_reader and pipe_writer: the parent's ends of a child's stdio pipes, read and written
-/// through the ring (no thread, no blocking call on the ring's thread).
+/// through the event loop (no thread, no blocking call on the loop's thread).
 
 #include <pidring/io_context.hpp>
+
+#include <fcntl.h>
 
 #include <algorithm>
 #include <cstddef>
@@ -20,29 +22,16 @@ namespace pidring {
 
 namespace detail {
 
-// A read or write at `offset`; -1 means the fd's own position, which is what a pipe has.
-// (The copier passes explicit offsets, so it never uses or moves a file's position.)
-struct read_prep {
-  int fd;
-  void* data;
-  unsigned size;
-  std::uint64_t offset = static_cast<std::uint64_t>(-1);
-  void operator()(io_uring_sqe& sqe) const noexcept {
-    io_uring_prep_read(&sqe, fd, data, size, offset);
-  }
-};
-struct write_prep {
-  int fd;
-  const void* data;
-  unsigned size;
-  std::uint64_t offset = static_cast<std::uint64_t>(-1);
-  void operator()(io_uring_sqe& sqe) const noexcept {
-    io_uring_prep_write(&sqe, fd, data, size, offset);
-  }
-};
-
-inline unsigned clamp_io_size(std::size_t n) {
-  return static_cast<unsigned>(std::min<std::size_t>(n, 1u << 30));
+// The epoll backend reads and writes only non-blocking fds (it tries each call at once and on
+// every readiness report); io_uring wants them blocking (it waits inside the kernel). A pipe end
+// is ours alone, so its flag can follow the backend.
+inline void suit_backend(io_context& io, int fd) noexcept {
+  if (fd < 0) return;
+  const int flags = ::fcntl(fd, F_GETFL);
+  if (flags < 0) return;
+  const bool want = loop_of(io).kind() == pidring::backend::epoll;
+  if (((flags & O_NONBLOCK) != 0) != want)
+    ::fcntl(fd, F_SETFL, want ? flags | O_NONBLOCK : flags & ~O_NONBLOCK);
 }
 
 }  // namespace detail
@@ -52,7 +41,9 @@ class pipe_reader {
  public:
   /// Takes ownership of `fd`. `name` is used in error messages ("stdout of 'cat'").
   pipe_reader(io_context& io, detail::unique_fd fd, std::string name = "pipe")
-      : io_(&io), fd_(std::move(fd)), name_(std::move(name)) {}
+      : io_(&io), fd_(std::move(fd)), name_(std::move(name)) {
+    detail::suit_backend(io, fd_.get());
+  }
   pipe_reader(const pipe_reader&) = delete;
   pipe_reader& operator=(const pipe_reader&) = delete;
 
@@ -164,13 +155,10 @@ class pipe_reader {
   // One read: bytes read, 0 at EOF, -ECANCELED when stopped; other errors throw.
   task<int> read_raw(void* data, std::size_t size, std::stop_token stop) {
     if (!fd_) detail::throw_errno(EBADF, "read from " + name_ + ": it is closed");
-    for (;;) {
-      int n = co_await detail::submit(
-          *io_, detail::read_prep{fd_.get(), data, detail::clamp_io_size(size)}, stop);
-      if (n == -EINTR || n == -EAGAIN) continue;
-      if (n < 0 && n != -ECANCELED) detail::throw_errno(-n, "read from " + name_);
-      co_return n;
-    }
+    const auto op = detail::operation::make(detail::op_code::read, fd_.get(), data, size);
+    const std::optional<std::size_t> n =
+        co_await detail::perform(detail::loop_of(*io_), op, std::move(stop), "read from ", name_);
+    co_return n ? static_cast<int>(*n) : -ECANCELED;
   }
 
   io_context* io_;
@@ -186,7 +174,9 @@ class pipe_writer {
  public:
   /// Takes ownership of `fd`. `name` is used in error messages ("stdin of 'cat'").
   pipe_writer(io_context& io, detail::unique_fd fd, std::string name = "pipe")
-      : io_(&io), fd_(std::move(fd)), name_(std::move(name)) {}
+      : io_(&io), fd_(std::move(fd)), name_(std::move(name)) {
+    detail::suit_backend(io, fd_.get());
+  }
   pipe_writer(const pipe_writer&) = delete;
   pipe_writer& operator=(const pipe_writer&) = delete;
 
@@ -201,13 +191,11 @@ class pipe_writer {
   task<void> write_all(std::string_view data, std::stop_token stop) {
     if (!fd_) detail::throw_errno(EBADF, "write to " + name_ + ": it is closed");
     while (!data.empty()) {
-      int n = co_await detail::submit(
-          *io_, detail::write_prep{fd_.get(), data.data(), detail::clamp_io_size(data.size())},
-          stop);
-      if (n == -EINTR || n == -EAGAIN) continue;
-      if (n == -ECANCELED) detail::throw_errno(ECANCELED, "write to " + name_ + ": cancelled");
-      if (n < 0) detail::throw_errno(-n, "write to " + name_);
-      data.remove_prefix(static_cast<std::size_t>(n));
+      const auto op = detail::operation::make(detail::op_code::write, fd_.get(),
+                                              const_cast<char*>(data.data()), data.size());
+      const std::size_t n =
+          co_await detail::perform_or_throw(detail::loop_of(*io_), op, stop, "write to ", name_);
+      data.remove_prefix(n);
     }
   }
 

@@ -344,7 +344,7 @@ inline child make_child(io_context& io, launched l, std::string name, const spaw
                         launch_fds& fds) {
   auto s = std::make_shared<process_state>();
   s->io = &io;
-  s->io_alive = context_access::lifetime(io);
+  s->io_alive = loop_of(io).lifetime();
   s->pid = l.pid;
   s->pidfd.reset(l.pidfd);
   s->name = std::move(name);

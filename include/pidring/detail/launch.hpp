@@ -469,25 +469,6 @@ inline launched fork_with_pidfd(const std::string& who) {
 
 // ---- /proc ------------------------------------------------------------------------------------
 
-// The first `limit` bytes of a /proc (or other small) file; empty if it cannot be read. Opened
-// close-on-exec: a program another thread starts meanwhile must not inherit it.
-inline std::string read_small_file(const char* path, std::size_t limit = 4096) {
-  std::string data;
-  const int fd = ::open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
-  if (fd < 0) return data;
-  data.resize(limit);
-  std::size_t got = 0;
-  while (got < limit) {
-    const ssize_t n = ::read(fd, data.data() + got, limit - got);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) break;
-    got += static_cast<std::size_t>(n);
-  }
-  ::close(fd);
-  data.resize(got);
-  return data;
-}
-
 // True if a thread other than this one runs in the process. io_uring's kernel workers
 // (iou-wrk-*, iou-sqp-*) and pidring's own threads hold no lock a forked child could need, so
 // they do not count.

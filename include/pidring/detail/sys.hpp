@@ -1,8 +1,9 @@
 #pragma once
-// Raw system calls that glibc 2.36 does not wrap (or wraps too late for Debian 12), and a tiny
-// owning file descriptor. Nothing here allocates, so the async-signal-safe parts of spawning may
-// use it between clone and exec.
+// Raw system calls that glibc 2.36 does not wrap (or wraps too late for Debian 12), a tiny owning
+// file descriptor, and a reader of small /proc files. Only read_small_file allocates; nothing
+// here is called by a child between clone and exec except the raw calls.
 
+#include <fcntl.h>
 #include <sys/ioctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -11,6 +12,7 @@
 #include <cerrno>
 #include <csignal>
 #include <cstdint>
+#include <string>
 #include <utility>
 
 namespace pidring::detail {
@@ -24,6 +26,11 @@ namespace pidring::detail {
 #define PIDRING_SYS_PIDFD_SEND_SIGNAL 424
 #else
 #define PIDRING_SYS_PIDFD_SEND_SIGNAL SYS_pidfd_send_signal
+#endif
+#ifndef SYS_epoll_pwait2
+#define PIDRING_SYS_EPOLL_PWAIT2 441
+#else
+#define PIDRING_SYS_EPOLL_PWAIT2 SYS_epoll_pwait2
 #endif
 #ifndef SYS_close_range
 #define PIDRING_SYS_CLOSE_RANGE 436
@@ -85,6 +92,25 @@ inline bool sys_pidfd_reaped_status(int pidfd, int& wait_status) noexcept {
   if (r != 0 || !(info.mask & pidfd_info_exit)) return false;
   wait_status = info.exit_code;
   return true;
+}
+
+// The first `limit` bytes of a /proc (or other small) file; empty if it cannot be read. Opened
+// close-on-exec: a program another thread starts meanwhile must not inherit it.
+inline std::string read_small_file(const char* path, std::size_t limit = 4096) {
+  std::string data;
+  const int fd = ::open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+  if (fd < 0) return data;
+  data.resize(limit);
+  std::size_t got = 0;
+  while (got < limit) {
+    const ssize_t n = ::read(fd, data.data() + got, limit - got);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    got += static_cast<std::size_t>(n);
+  }
+  ::close(fd);
+  data.resize(got);
+  return data;
 }
 
 // An owning file descriptor.

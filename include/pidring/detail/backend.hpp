@@ -1,0 +1,53 @@
+#pragma once
+// What an event loop needs of the kernel interface underneath it: start an operation, cancel
+// one, wait for completions. Two implementations: io_uring (uring_backend.hpp) and epoll + pidfd
+// (epoll_backend.hpp), chosen when the io_context is made.
+
+#include <pidring/detail/operation.hpp>
+
+#include <chrono>
+#include <optional>
+
+namespace pidring {
+
+/// Which kernel interface an io_context runs on.
+enum class backend {
+  automatic,  ///< io_uring if it can be set up here, else epoll (PIDRING_BACKEND overrides)
+  io_uring,   ///< io_uring only: where it is unavailable the io_context throws and says why
+  epoll,      ///< epoll + pidfd: works where io_uring is blocked (seccomp, a sysctl, gVisor)
+};
+
+namespace detail {
+
+class backend_base {
+ public:
+  virtual ~backend_base() = default;
+  backend_base() = default;
+  backend_base(const backend_base&) = delete;
+  backend_base& operator=(const backend_base&) = delete;
+
+  virtual pidring::backend kind() const noexcept = 0;
+  // Whether child waits are the kernel's waitid operation (io_uring, Linux 6.7+).
+  virtual bool has_waitid_op() const noexcept = 0;
+  // Starts `op`. Throws if it cannot (then nothing was started). Its completion is delivered
+  // later (by poll(), or while a later start() makes room in a full queue), never from inside
+  // its own start() or a cancel().
+  virtual void start(operation& op) = 0;
+  // Asks an operation in flight to end early. May throw if the request cannot be queued now
+  // (the caller keeps it and asks again).
+  virtual void cancel(operation& op) = 0;
+  // Asks every operation in flight to end early (for the io_context's destructor).
+  virtual void cancel_all() noexcept = 0;
+  // Hands queued work to the kernel, then waits until at least one completion was delivered or
+  // `timeout` passed (nullopt: no limit; zero: do not wait). Delivers what completed.
+  virtual void poll(std::optional<std::chrono::nanoseconds> timeout) = 0;
+  // Hands queued work to the kernel without waiting.
+  virtual void flush() = 0;
+  // How this backend waits for a child's exit, for error messages.
+  virtual const char* child_wait_name() const noexcept = 0;
+  // Operations started whose completion has not been delivered yet.
+  virtual unsigned in_flight() const noexcept = 0;
+};
+
+}  // namespace detail
+}  // namespace pidring

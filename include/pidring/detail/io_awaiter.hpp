@@ -1,0 +1,128 @@
+#pragma once
+// Awaiting one operation, and the one place where an operation's result becomes a value or an
+// exception.
+
+#include <pidring/detail/error.hpp>
+#include <pidring/detail/event_loop.hpp>
+#include <pidring/detail/operation.hpp>
+#include <pidring/task.hpp>
+
+#include <cerrno>
+#include <coroutine>
+#include <cstddef>
+#include <memory>
+#include <optional>
+#include <stop_token>
+#include <string>
+#include <utility>
+
+namespace pidring::detail {
+
+struct stop_canceller {
+  event_loop* loop;
+  std::shared_ptr<cancel_ticket> ticket;
+  void operator()() noexcept { loop->request_cancel(ticket); }
+};
+
+/// One operation awaited by one coroutine; co_await gives its result (bytes, 0, or -errno).
+/// The operation starts when the coroutine suspends (never earlier). A stop request cancels it
+/// (-ECANCELED unless it finished first); a stop requested before the await gives -ECANCELED at
+/// once. The coroutine resumes only at the operation's own completion, so memory the kernel
+/// writes stays valid until then.
+class io_awaiter : private operation {
+ public:
+  io_awaiter(event_loop& loop, const operation& op, std::stop_token stop = {})
+      : operation(op), loop_(&loop), stop_(std::move(stop)) {}
+  // Movable only before it is awaited (when_all takes awaitables by value).
+  io_awaiter(io_awaiter&& o) noexcept
+      : operation(static_cast<const operation&>(o)), loop_(o.loop_), stop_(std::move(o.stop_)) {}
+  io_awaiter& operator=(io_awaiter&&) = delete;
+
+  bool await_ready() noexcept {
+    if (stop_.stop_requested()) {
+      result = -ECANCELED;
+      return true;
+    }
+    return false;
+  }
+  void await_suspend(std::coroutine_handle<> h) {
+    waiter_ = h;
+    // What may throw (no fd for the eventfd, no memory) comes before the operation starts: a
+    // started operation whose awaiter then threw would complete into a destroyed frame.
+    if (stop_.stop_possible()) {
+      loop_->arm_remote_wakeup();
+      ticket_ = std::make_shared<cancel_ticket>(cancel_ticket{this});
+    }
+    on_complete = &io_awaiter::completed;
+    loop_->start(*this);
+    if (ticket_) callback_.emplace(stop_, stop_canceller{loop_, ticket_});
+  }
+  int await_resume() noexcept {
+    callback_.reset();  // waits for a callback running on another thread
+    return result;
+  }
+
+ private:
+  static void completed(operation& op) noexcept {
+    auto& self = static_cast<io_awaiter&>(op);
+    if (self.ticket_) self.ticket_->target = nullptr;
+    self.loop_->schedule(self.waiter_);
+  }
+
+  event_loop* loop_;
+  std::stop_token stop_;
+  std::coroutine_handle<> waiter_;
+  std::shared_ptr<cancel_ticket> ticket_;
+  std::optional<std::stop_callback<stop_canceller>> callback_;
+};
+
+// "read from stdout of 'cat' (pid 7): Broken pipe"; a stop says "...: cancelled".
+[[noreturn]] inline void throw_io_error(int err, const char* verb, const std::string& name) {
+  if (err == ECANCELED) throw_errno(ECANCELED, std::string(verb) + name + ": cancelled");
+  throw_errno(err, std::string(verb) + name);
+}
+
+/// One read, write or fsync, the way every pidring caller wants it: EINTR and EAGAIN are retried,
+/// a stop gives nullopt, any other error throws std::system_error naming `verb` and `name`.
+template <class = void>
+task<std::optional<std::size_t>> perform(event_loop& loop, operation op, std::stop_token stop,
+                                         const char* verb, const std::string& name) {
+  for (;;) {
+    const int n = co_await io_awaiter(loop, op, stop);
+    if (n >= 0) co_return static_cast<std::size_t>(n);
+    if (n == -EINTR || n == -EAGAIN) continue;
+    if (n == -ECANCELED) co_return std::nullopt;
+    throw_io_error(-n, verb, name);
+  }
+}
+
+/// perform() for callers to whom a stop is an error too: it throws ECANCELED ("...: cancelled").
+template <class = void>
+task<std::size_t> perform_or_throw(event_loop& loop, operation op, std::stop_token stop,
+                                   const char* verb, const std::string& name) {
+  const std::optional<std::size_t> n = co_await perform(loop, op, std::move(stop), verb, name);
+  if (!n) throw_io_error(ECANCELED, verb, name);
+  co_return *n;
+}
+
+// The timer behind sleep_for: true when the time passed, false when stopped first.
+class sleep_awaiter {
+ public:
+  sleep_awaiter(event_loop& loop, std::chrono::nanoseconds d, std::stop_token stop)
+      : op_(loop, operation::wait_for(d), std::move(stop)), immediate_(d.count() <= 0) {}
+  bool await_ready() noexcept { return immediate_ || op_.await_ready(); }
+  void await_suspend(std::coroutine_handle<> h) { op_.await_suspend(h); }
+  bool await_resume() {
+    if (immediate_) return true;
+    const int res = op_.await_resume();
+    if (res == -ETIME || res == 0) return true;
+    if (res == -ECANCELED) return false;
+    throw_errno(-res, "sleep_for");
+  }
+
+ private:
+  io_awaiter op_;
+  bool immediate_;
+};
+
+}  // namespace pidring::detail
