@@ -105,34 +105,33 @@ class pipe_reader {
   }
 
   /// Appends to `out` until end of file (true) or until `stop` is requested (false).
-  task<bool> read_into(std::string& out, std::stop_token stop) {
+  /// `expected`: about how many bytes will come, if known (run() passes the input's size for a
+  /// filter like cat): room for them is reserved once, as address space only.
+  task<bool> read_into(std::string& out, std::stop_token stop, std::size_t expected = 0) {
     if (pos_ < buffer_.size()) {
       out.append(buffer_, pos_);
       buffer_.clear();
       pos_ = 0;
     }
     if (eof_) co_return true;
-    // Reads land in uninitialised 1 MiB blocks that are joined once at the end: growing `out`
-    // read by read zero-filled every chunk and copied the whole string at each doubling.
-    std::vector<std::unique_ptr<char[]>> blocks;
-    std::size_t last_used = block_size;  // bytes filled in blocks.back()
-    auto join = [&] {
-      std::size_t total = blocks.empty() ? 0 : (blocks.size() - 1) * block_size + last_used;
-      out.reserve(out.size() + total);
-      for (std::size_t i = 0; i < blocks.size(); ++i)
-        out.append(blocks[i].get(), i + 1 == blocks.size() ? last_used : block_size);
-    };
+    // The reads land straight in `out`, which is kept zero-filled a step ahead of the data: one
+    // pass over fresh memory, no second copy. (Reading into blocks joined at the end touched
+    // every byte's page twice; growing by each read's size re-filled the tail every time.)
+    std::size_t used = out.size();
+    if (expected > 0 && out.capacity() < used + expected + max_step)
+      out.reserve(used + expected + max_step);
+    struct trim_to_data {
+      std::string& out;
+      const std::size_t& used;
+      ~trim_to_data() { out.resize(used); }
+    } trim{out, used};
     for (;;) {
-      if (last_used == block_size) {
-        blocks.push_back(std::make_unique_for_overwrite<char[]>(block_size));
-        last_used = 0;
-      }
-      int n = co_await read_raw(blocks.back().get() + last_used, block_size - last_used, stop);
+      if (used == out.size()) grow(out, used);
+      const int n = co_await read_raw(out.data() + used, out.size() - used, stop);
       if (n > 0) {
-        last_used += static_cast<std::size_t>(n);
+        used += static_cast<std::size_t>(n);
         continue;
       }
-      join();
       if (n == 0) eof_ = true;
       co_return n == 0;
     }
@@ -143,7 +142,15 @@ class pipe_reader {
 
  private:
   static constexpr std::size_t chunk = 64 * 1024;
-  static constexpr std::size_t block_size = 1 << 20;
+  static constexpr std::size_t min_step = 1 << 20, max_step = 16 << 20;
+
+  // Makes room for the next read after `used` bytes: zero-fills a step (a quarter of what is
+  // there, 1-16 MiB) within the reserved capacity, reallocating geometrically beyond it.
+  static void grow(std::string& out, std::size_t used) {
+    const std::size_t step = std::clamp(used / 4, min_step, max_step);
+    if (out.capacity() < used + step) out.reserve(std::max(used + step, 2 * out.capacity()));
+    out.resize(std::min(out.capacity(), used + step));
+  }
 
   std::size_t take_buffered(std::span<std::byte> buf) {
     std::size_t n = std::min(buf.size(), buffer_.size() - pos_);

@@ -7,6 +7,8 @@
 #include <pidring/spawn.hpp>
 #include <pidring/task.hpp>
 
+#include <fcntl.h>
+
 #include <chrono>
 #include <optional>
 #include <stop_token>
@@ -62,9 +64,10 @@ inline task<void> run_feed(pipe_writer& w, std::string_view data, std::stop_toke
   }
 }
 
-inline task<void> run_drain(pipe_reader& r, std::string& out, std::stop_token stop,
-                            unsigned& open_pipes, std::stop_source& all_drained) {
-  co_await r.read_into(out, stop);
+inline task<void> run_drain(pipe_reader& r, std::string& out, std::size_t expected,
+                            std::stop_token stop, unsigned& open_pipes,
+                            std::stop_source& all_drained) {
+  co_await r.read_into(out, stop, expected);
   if (--open_pipes == 0) all_drained.request_stop();
 }
 
@@ -93,6 +96,11 @@ inline task<completed> run_impl(io_context& io, command cmd, run_options o) {
   so.out = o.capture_out ? stdio::pipe() : stdio::inherit();
   so.err = o.capture_err ? stdio::pipe() : stdio::inherit();
   child c = spawn(io, cmd, so);
+  // Bigger pipes: a wake-up per 1 MiB instead of per 64 KiB (best effort: an unprivileged user
+  // over fs.pipe-user-pages-soft keeps the default).
+  if (o.input) ::fcntl(c.in().fd(), F_SETPIPE_SZ, 1 << 20);
+  if (o.capture_out) ::fcntl(c.out().fd(), F_SETPIPE_SZ, 1 << 20);
+  if (o.capture_err) ::fcntl(c.err().fd(), F_SETPIPE_SZ, 1 << 20);
   completed result;
   std::stop_source stop_io, all_drained;
   unsigned open_pipes = (o.capture_out ? 1u : 0u) + (o.capture_err ? 1u : 0u);
@@ -100,9 +108,11 @@ inline task<completed> run_impl(io_context& io, command cmd, run_options o) {
   std::vector<task<void>> parts;
   if (o.input) parts.push_back(run_feed(c.in(), *o.input, stop_io.get_token()));
   if (o.capture_out)
-    parts.push_back(run_drain(c.out(), result.out, stop_io.get_token(), open_pipes, all_drained));
+    // A filter's output tends to be as big as its input: room for that is reserved up front.
+    parts.push_back(run_drain(c.out(), result.out, o.input ? o.input->size() : 0,
+                              stop_io.get_token(), open_pipes, all_drained));
   if (o.capture_err)
-    parts.push_back(run_drain(c.err(), result.err, stop_io.get_token(), open_pipes, all_drained));
+    parts.push_back(run_drain(c.err(), result.err, 0, stop_io.get_token(), open_pipes, all_drained));
   parts.push_back(run_wait(io, c, o.timeout, result, stop_io, all_drained.get_token()));
   co_await when_all(std::move(parts));
   co_return result;
