@@ -460,7 +460,7 @@ inline child spawn(io_context& io, const command& cmd, const spawn_options& o = 
   detail::orphans().sweep();
   detail::program_launch p(cmd, o);
   detail::launched l = detail::launch_exec(p.plan);
-  if (l.error) detail::throw_errno(l.error, "spawn " + p.who + ": clone");
+  if (l.error) detail::throw_errno(l.error, "spawn " + p.who + ": " + detail::clone_call(l.error));
   detail::unique_fd owned(l.pidfd);
   p.check(l, "spawn " + p.who);
   owned.release();
@@ -530,7 +530,7 @@ inline pid_t spawn_daemon(const command& cmd, const spawn_options& options = {})
   d.grandchild_stack = stacks.top(1);
   p.plan.error = detail::launch_not_started;
   detail::launched mid = detail::clone_vfork(&detail::daemon_intermediate_entry, &d, stacks.top(0));
-  if (mid.error) detail::throw_errno(mid.error, op + ": clone");
+  if (mid.error) detail::throw_errno(mid.error, op + ": " + detail::clone_call(mid.error));
   detail::reap_exited(mid.pidfd);
   ::close(mid.pidfd);
   if (!d.finished) detail::throw_errno(ESRCH, op + ": the intermediate child died");

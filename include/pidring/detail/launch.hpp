@@ -347,7 +347,21 @@ inline launched clone_vfork(int (*fn)(void*), void* arg, char* stack_top) noexce
     errno = saved;
   }
   if (r < 0) return {-1, -1, err};
+  if (pidfd < 0) {
+    // Linux < 5.2 ignores CLONE_PIDFD: a child without a pidfd. It is our unreaped child, so
+    // its pid is still its own: kill and reap it by pid, once, and refuse.
+    ::kill(static_cast<pid_t>(r), SIGKILL);
+    siginfo_t info;
+    while (::waitid(P_PID, static_cast<id_t>(r), &info, WEXITED | __WALL) < 0 && errno == EINTR) {
+    }
+    return {-1, -1, ENOSYS};
+  }
   return {pidfd, static_cast<pid_t>(r), 0};
+}
+
+// The failed call, for messages: ENOSYS from clone_vfork means no CLONE_PIDFD.
+inline const char* clone_call(int err) noexcept {
+  return err == ENOSYS ? "clone(CLONE_PIDFD) (pidring needs Linux 5.3 or newer)" : "clone";
 }
 
 // Starts a child that runs child_exec(plan): the plan's error says whether it exec'd.
