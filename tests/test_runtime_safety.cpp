@@ -325,6 +325,50 @@ TEST_CASE("runtime: a stop request whose cancel cannot be submitted at once stil
   safety::require_ok(r);
 }
 
+// Proposed hook (it does not exist yet): the background reaper of a dropped child can only meet
+// an exception other than std::system_error through an allocation failure, which no real part
+// produces at exactly that point. With
+//   #define PIDRING_TEST_HOOK_THROW_IN_BACKGROUND_REAP 1
+//   bool throw_in_background_reap = false;  // reap_in_background throws std::runtime_error
+// in detail/test_hooks.hpp, this test checks that such an exception neither terminates the
+// process nor loses the child (it is reaped or adopted by the orphanage).
+#if defined(PIDRING_TEST_HOOK_THROW_IN_BACKGROUND_REAP) && PIDRING_TEST_HOOK_THROW_IN_BACKGROUND_REAP
+TEST_CASE("runtime: an exception other than std::system_error in the background reaper neither terminates nor loses the child",
+          "[safety][runtime]") {
+  const auto r = safety::run_watched([] {
+    pidring::detail::hooks().throw_in_background_reap = true;
+    pid_t pid = -1;
+    {
+      pidring::io_context io;
+      pidring::command sleeper{"sleep", "0.2"};
+      auto t = [&]() -> pidring::task<void> {
+        pidring::child c = pidring::spawn(io, sleeper);
+        pid = c.pid();
+        co_await pidring::sleep_for(io, 1ms);
+      };  // c dropped while running: reaped in the background, where the hook throws
+      io.run(t());
+    }
+    // Still alive (no std::terminate). Once the child has exited, the next spawn's orphan sweep
+    // reaps it if the background reaper could not.
+    const auto end = std::chrono::steady_clock::now() + 5s;
+    while (test_util::describe_process(pid).state != 'Z' && test_util::describe_process(pid).state != '?') {
+      expect(std::chrono::steady_clock::now() < end, "the dropped child ends");
+      const timespec pause{0, 2'000'000};
+      ::nanosleep(&pause, nullptr);
+    }
+    pidring::io_context io;
+    pidring::command t{"true"};
+    auto again = [&]() -> pidring::task<void> {
+      pidring::child c = pidring::spawn(io, t);
+      co_await c.wait();
+    };
+    io.run(again());
+    expect(test_util::describe_process(pid).state == '?', "the dropped child was reaped, not left a zombie");
+  });
+  safety::require_ok(r);
+}
+#endif
+
 TEST_CASE("runtime: ~io_context with several killed kill_on_drop children that cannot die yet does not block ~1 s per child",
           "[safety][runtime]") {
   const auto r = safety::run_watched(
