@@ -489,9 +489,6 @@ TEST_CASE("safety: a signal the caller blocked stays blocked in the program, as 
   safety::require_ok(r);
 }
 
-// spawn_options::default_signals (std::vector<int>, like posix_spawnattr_setsigdefault) does not
-// exist yet: the fix defines PIDRING_HAVE_DEFAULT_SIGNALS (or removes this #if).
-#if defined(PIDRING_HAVE_DEFAULT_SIGNALS) && PIDRING_HAVE_DEFAULT_SIGNALS
 TEST_CASE("safety: spawn_options::default_signals resets the listed signals to SIG_DFL in the program, like posix_spawnattr_setsigdefault",
           "[safety][signals]") {
   const auto r = safety::run_watched([] {
@@ -505,7 +502,6 @@ TEST_CASE("safety: spawn_options::default_signals resets the listed signals to S
   });
   safety::require_ok(r);
 }
-#endif
 
 // ---- item 12: fds 0-2 are fds like any other ---------------------------------------------------
 

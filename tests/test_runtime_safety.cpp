@@ -325,14 +325,10 @@ TEST_CASE("runtime: a stop request whose cancel cannot be submitted at once stil
   safety::require_ok(r);
 }
 
-// Proposed hook (it does not exist yet): the background reaper of a dropped child can only meet
-// an exception other than std::system_error through an allocation failure, which no real part
-// produces at exactly that point. With
-//   #define PIDRING_TEST_HOOK_THROW_IN_BACKGROUND_REAP 1
-//   bool throw_in_background_reap = false;  // reap_in_background throws std::runtime_error
-// in detail/test_hooks.hpp, this test checks that such an exception neither terminates the
-// process nor loses the child (it is reaped or adopted by the orphanage).
-#if defined(PIDRING_TEST_HOOK_THROW_IN_BACKGROUND_REAP) && PIDRING_TEST_HOOK_THROW_IN_BACKGROUND_REAP
+// The background reaper of a dropped child can only meet an exception other than
+// std::system_error through an allocation failure, which no real part produces at exactly that
+// point: the hook throw_in_background_reap makes it throw. Such an exception must neither
+// terminate the process nor lose the child (it is reaped or adopted by the orphanage).
 TEST_CASE("runtime: an exception other than std::system_error in the background reaper neither terminates nor loses the child",
           "[safety][runtime]") {
   const auto r = safety::run_watched([] {
@@ -367,7 +363,6 @@ TEST_CASE("runtime: an exception other than std::system_error in the background 
   });
   safety::require_ok(r);
 }
-#endif
 
 TEST_CASE("runtime: ~io_context with several killed kill_on_drop children that cannot die yet does not block ~1 s per child",
           "[safety][runtime]") {

@@ -2,6 +2,7 @@
 /// @file
 /// child: a running (or ended) child process, awaitable through its pidfd; wait_any.
 
+#include <pidring/detail/test_hooks.hpp>
 #include <pidring/exit_status.hpp>
 #include <pidring/io_context.hpp>
 #include <pidring/pipe.hpp>
@@ -173,6 +174,7 @@ struct detached {
 // drives these waits, all at once, never blocking on one); any other goes to the orphanage.
 inline detached reap_in_background(std::shared_ptr<process_state> s) {
   try {
+    if (hooks().throw_in_background_reap) throw std::runtime_error("test hook");
     auto st = co_await wait_until(s, loop_of(*s->io).shutdown_token(), std::nullopt);
     if (st) co_return;
     if (s->killed && (co_await wait_until(s, {}, std::chrono::seconds(1)))) co_return;

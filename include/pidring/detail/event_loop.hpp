@@ -133,8 +133,8 @@ class event_loop {
   // wakes the loop, with a read of it in flight. Throws (no fd) before anything is started.
   void arm_remote_wakeup() {
     if (wake_fd_) return;
-    const int flags = EFD_CLOEXEC | (kind() == pidring::backend::epoll ? EFD_NONBLOCK : 0);
-    wake_fd_.reset(::eventfd(0, flags));
+    const int nonblock = kind() == pidring::backend::epoll ? EFD_NONBLOCK : 0;
+    wake_fd_.reset(::eventfd(0, EFD_CLOEXEC | nonblock));
     if (!wake_fd_) throw_errno(errno, "io_context: eventfd");
     start_wake_read();
   }

@@ -13,6 +13,9 @@ struct test_hooks {
   // io_context: behave as on Linux < 5.11, whose io_uring lacks IORING_FEAT_EXT_ARG (liburing
   // then queues its own timeout SQEs for timed waits).
   bool ring_without_ext_arg = false;
+  // child: the background reaper of a dropped child throws (what only an allocation failure
+  // could do for real), to show that it neither terminates nor loses the child.
+  bool throw_in_background_reap = false;
 };
 inline test_hooks& hooks() noexcept {
   static test_hooks h;
@@ -21,6 +24,7 @@ inline test_hooks& hooks() noexcept {
 #else
 struct test_hooks {
   static constexpr bool ring_without_ext_arg = false;
+  static constexpr bool throw_in_background_reap = false;
 };
 inline constexpr test_hooks hooks() noexcept { return {}; }
 #endif
