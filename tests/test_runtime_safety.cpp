@@ -73,6 +73,14 @@ void timed_waits(pidring::io_context& io) {
   io.run(t());
 }
 
+// These faults are io_uring's own: the tests name the backend (the suite also runs with
+// PIDRING_BACKEND=epoll, which only overrides automatic).
+pidring::context_options uring_only() {
+  pidring::context_options o;
+  o.backend = pidring::backend::io_uring;
+  return o;
+}
+
 // The fd of this process's io_uring whose /proc/self/fdinfo says how big its SQ is; -1 if none.
 unsigned sq_entries_of_only_ring() {
   unsigned entries = 0;
@@ -98,7 +106,7 @@ TEST_CASE("runtime: on a kernel without IORING_FEAT_EXT_ARG (simulated) timed wa
     // waits, whose CQEs the loop must skip. (In the helper: no need to restore the hook.)
     pidring::detail::hooks().ring_without_ext_arg = true;
     for (int i = 0; i < 3; ++i) {
-      pidring::io_context io;
+      pidring::io_context io(uring_only());
       timed_waits(io);
     }  // each ~io_context waits for its operations with timed waits
   });
@@ -255,7 +263,7 @@ TEST_CASE("runtime: an io_uring_enter failure inside run() with a wait in flight
   const auto r = safety::run_watched([] {
     safety::syscall_fault fault(SYS_io_uring_enter);
     {
-      pidring::io_context io;
+      pidring::io_context io(uring_only());
       pidring::command sleeper{"sleep", "30"};
       pidring::spawn_options o;
       o.kill_on_drop = true;
@@ -287,7 +295,7 @@ TEST_CASE("runtime: a stop request whose cancel cannot be submitted at once stil
     // around the count that fills it (the SQ size is read from the ring's fdinfo), until one
     // arrangement made the cancel's submission fail.
     for (int extra = -1; extra <= 2 && fault.fired() == 0; ++extra) {
-      pidring::context_options co;
+      pidring::context_options co = uring_only();
       co.entries = 4;
       pidring::io_context io(co);
       const auto fillers = static_cast<int>(sq_entries_of_only_ring()) - 2 + extra;  // - the wait, the wake-up read
