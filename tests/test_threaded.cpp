@@ -308,6 +308,13 @@ TEST_CASE("threaded: a callable child writes only its own output, never what ano
 
 TEST_CASE("threaded: a callable child can use malloc and stdio although another thread was hammering both at the fork",
           "[safety][threaded][fork]") {
+#if defined(__SANITIZE_ADDRESS__) || (defined(__has_feature) && __has_feature(address_sanitizer))
+  // glibc's fork() resets glibc malloc's locks in the child; under ASan, malloc is the sanitizer's
+  // allocator, which (in clang 14's runtime) takes no part in fork: a child forked while another
+  // thread is inside it can hang. That is the sanitizer's limit, not pidring's; the dev preset
+  // runs this test on glibc's malloc.
+  SKIP("ASan's allocator (clang 14) is not fork-safe while another thread allocates");
+#endif
   const auto r = safety::run_watched([] {
     stdout_to_dev_null();
     ::mallopt(M_ARENA_MAX, 1);  // one arena: the hammer and the forking thread share its lock

@@ -118,15 +118,15 @@ class pipe_reader {
     // pass over fresh memory, no second copy. (Reading into blocks joined at the end touched
     // every byte's page twice; growing by each read's size re-filled the tail every time.)
     std::size_t used = out.size();
-    if (expected > 0 && out.capacity() < used + expected + max_step)
-      out.reserve(used + expected + max_step);
+    const std::size_t hoped_end = used + expected;
+    if (expected > 0 && out.capacity() < hoped_end + min_step) out.reserve(hoped_end + min_step);
     struct trim_to_data {
       std::string& out;
       const std::size_t& used;
       ~trim_to_data() { out.resize(used); }
     } trim{out, used};
     for (;;) {
-      if (used == out.size()) grow(out, used);
+      if (used == out.size()) grow(out, used, hoped_end);
       const int n = co_await read_raw(out.data() + used, out.size() - used, stop);
       if (n > 0) {
         used += static_cast<std::size_t>(n);
@@ -142,12 +142,14 @@ class pipe_reader {
 
  private:
   static constexpr std::size_t chunk = 64 * 1024;
-  static constexpr std::size_t min_step = 1 << 20, max_step = 16 << 20;
+  static constexpr std::size_t min_step = 64 << 10, max_step = 16 << 20;
 
-  // Makes room for the next read after `used` bytes: zero-fills a step (a quarter of what is
-  // there, 1-16 MiB) within the reserved capacity, reallocating geometrically beyond it.
-  static void grow(std::string& out, std::size_t used) {
-    const std::size_t step = std::clamp(used / 4, min_step, max_step);
+  // Makes room for the next read after `used` bytes: zero-fills a step within the reserved
+  // capacity (what is still hoped for, or a quarter of what is there; 64 KiB-16 MiB), and
+  // reallocates geometrically beyond it. Small outputs stay small.
+  static void grow(std::string& out, std::size_t used, std::size_t hoped_end) {
+    const std::size_t want = std::max(used / 4, hoped_end > used ? hoped_end - used : 0);
+    const std::size_t step = std::clamp(want, min_step, max_step);
     if (out.capacity() < used + step) out.reserve(std::max(used + step, 2 * out.capacity()));
     out.resize(std::min(out.capacity(), used + step));
   }
