@@ -102,6 +102,28 @@ inline std::vector<pid_t> child_pids() {
   return pids;
 }
 
+// The threads of this process (their tids), ascending.
+inline std::vector<pid_t> thread_ids() {
+  std::vector<pid_t> tids;
+  DIR* dir = ::opendir("/proc/self/task");
+  if (dir == nullptr) throw_errno(errno, "opendir /proc/self/task");
+  while (const dirent* entry = ::readdir(dir)) {
+    const std::string_view name = entry->d_name;
+    if (name.empty() || name.front() < '0' || name.front() > '9') continue;
+    tids.push_back(static_cast<pid_t>(std::atoi(entry->d_name)));
+  }
+  ::closedir(dir);
+  std::sort(tids.begin(), tids.end());
+  return tids;
+}
+
+// A thread's name (the kernel's 15-character comm), empty if it has gone.
+inline std::string thread_name(pid_t tid) {
+  std::string name = read_proc_file("/proc/self/task/" + std::to_string(tid) + "/comm");
+  while (!name.empty() && name.back() == '\n') name.pop_back();
+  return name;
+}
+
 struct process_info {
   pid_t pid = 0;
   char state = '?';       // R, S, D, Z, T, ... from /proc/<pid>/stat; '?' if it has gone
