@@ -1,6 +1,7 @@
 // One file copy, for benchmarks/compare to time from outside like `cp` and io_uring-cp.
 //
-//   bench_copy pidring METHOD PARALLELISM SRC DST   METHOD: automatic|reflink|copy_file_range|uring
+//   bench_copy pidring METHOD PARALLELISM SRC DST   METHOD: automatic|reflink|copy_file_range|
+//                                                   read_write|uring
 //   bench_copy cfr-loop SRC DST                     a plain copy_file_range(2) loop, one thread
 //   bench_copy memcpy MIB                           prints seconds for MIB MiB of memcpy between
 //                                                   two resident buffers: this machine's ceiling
@@ -32,16 +33,6 @@
 namespace {
 
 #ifdef PIDRING_BENCH_HAS_COPY
-const char* name_of(pidring::copy_method m) {
-  switch (m) {
-    case pidring::copy_method::automatic: return "automatic";
-    case pidring::copy_method::reflink: return "reflink";
-    case pidring::copy_method::copy_file_range: return "copy_file_range";
-    case pidring::copy_method::uring: return "uring";
-  }
-  return "?";
-}
-
 pidring::task<pidring::copy_result> do_copy(pidring::io_context& io, std::string from,
                                             std::string to, pidring::copy_options opts) {
   const std::filesystem::path src = from, dst = to;
@@ -52,15 +43,14 @@ pidring::task<pidring::copy_result> do_copy(pidring::io_context& io, std::string
 int pidring_copy(const std::string& method, unsigned par, const char* from, const char* to) {
   pidring::copy_options opts;
   opts.parallelism = par;
-  if (method == "automatic")
-    opts.method = pidring::copy_method::automatic;
-  else if (method == "reflink")
-    opts.method = pidring::copy_method::reflink;
-  else if (method == "copy_file_range")
-    opts.method = pidring::copy_method::copy_file_range;
-  else if (method == "uring")
-    opts.method = pidring::copy_method::uring;
-  else {
+  bool known = false;
+  for (auto m : {pidring::copy_method::automatic, pidring::copy_method::reflink, pidring::copy_method::copy_file_range,
+                 pidring::copy_method::read_write, pidring::copy_method::uring})
+    if (method == pidring::to_string(m)) {
+      opts.method = m;
+      known = true;
+    }
+  if (!known) {
     std::fprintf(stderr, "unknown method %s\n", method.c_str());
     return 2;
   }
@@ -70,7 +60,7 @@ int pidring_copy(const std::string& method, unsigned par, const char* from, cons
     pidring::io_context io;
     pidring::copy_result r = io.run(do_copy(io, from, to, std::move(opts)));
     std::printf("%.6f\n", static_cast<double>(bench::now_ns() - t0) / 1e9);
-    std::fprintf(stderr, "%s %u\n", name_of(r.method), r.parallelism);
+    std::fprintf(stderr, "%s %u\n", std::string(pidring::to_string(r.method)).c_str(), r.parallelism);
   } catch (const std::system_error& e) {
     std::fprintf(stderr, "%s\n", e.what());
     const int err = e.code().value();
