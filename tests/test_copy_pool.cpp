@@ -97,6 +97,7 @@ TEST_CASE("copy pool: every blocking call of a copy runs on a pool thread named 
   }
   CHECK(points == std::set<std::string>{"data", "publish", "tree-file"});
   CHECK(!tids.empty());
+  for (pid_t tid : tids) CHECK(!pidring::detail::own_threads::contains(tid));  // forgotten once joined
   CHECK(tids.count(ring) == 0);
   CHECK(names == std::set<std::string>{"pidring-copy"});
   CHECK(test_util::child_pids().empty());  // no process was created to copy
@@ -177,6 +178,8 @@ TEST_CASE("copy pool: spawn(callable) is not refused while the pool's threads ru
   pidring::copy_options o;
   io.run(pidring::copy_file(io, dir / "src", dir / "dst", o));
   REQUIRE(threads_named("pidring-copy") >= 1);
+  for (pid_t tid : test_util::thread_ids())
+    if (test_util::thread_name(tid) == "pidring-copy") CHECK(pidring::detail::own_threads::contains(tid));
   auto child = pidring::spawn(io, [] { return 7; });  // no allow_threaded_fork: our threads do not count
   CHECK(io.run(child.wait()).code() == 7);
 }
@@ -347,38 +350,29 @@ void make_sources(const fs::path& d) {
   test_util::write_file(d / "tree" / "f", pattern(100000, 10));
   ::chmod(d.c_str(), 0777);
 }
+
+// Runs one of the checks above in a child process made while this one has a single thread.
+void check_in_child(int (*check)(std::string)) {
+  test_util::temp_dir dir;
+  make_sources(dir.path());
+  pidring::io_context io;
+  auto c = pidring::spawn(io, check, dir.path().string());
+  const auto st = io.run(c.wait());
+  INFO(st.to_string());
+  CHECK(st.success());
+}
 }  // namespace
 
 TEST_CASE("copy pool: copies finish while other threads hold stdout's and stderr's locks and log through stdio",
           "[copy]") {
-  test_util::temp_dir dir;
-  make_sources(dir.path());
-  pidring::io_context io;
-  auto c = pidring::spawn(io, copies_next_to_stdio_threads, dir.path().string());
-  const auto st = io.run(c.wait());
-  INFO(st.to_string());
-  CHECK(st.success());
+  check_in_child(copies_next_to_stdio_threads);
 }
 
 TEST_CASE("copy pool: a process with 1 GiB resident copies without creating any process", "[copy]") {
-  test_util::temp_dir dir;
-  make_sources(dir.path());
-  pidring::io_context io;
-  auto c = pidring::spawn(io, copies_from_a_big_process, dir.path().string());
-  const auto st = io.run(c.wait());
-  INFO(st.to_string());
-  CHECK(st.success());
+  check_in_child(copies_from_a_big_process);
 }
 
-TEST_CASE("copy_range: fds 0, 1 and 2 work as sources", "[copy]") {
-  test_util::temp_dir dir;
-  make_sources(dir.path());
-  pidring::io_context io;
-  auto c = pidring::spawn(io, copies_from_standard_fds, dir.path().string());
-  const auto st = io.run(c.wait());
-  INFO(st.to_string());
-  CHECK(st.success());
-}
+TEST_CASE("copy_range: fds 0, 1 and 2 work as sources", "[copy]") { check_in_child(copies_from_standard_fds); }
 
 TEST_CASE("copy pool: a group runs at most max_running items at once; a failing item stops the rest", "[copy]") {
   pidring::io_context io;

@@ -24,7 +24,6 @@
 #include <pthread.h>
 #include <sys/eventfd.h>
 #include <sys/syscall.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -34,6 +33,7 @@
 #include <csignal>
 #include <cstddef>
 #include <cstdint>
+#include <ctime>
 #include <deque>
 #include <exception>
 #include <memory>
@@ -172,15 +172,20 @@ class copy_pool final : public context_service {
   // items still run on the threads that exist (there is at least one: see the constructor).
   void post(std::shared_ptr<job_group> g) {
     unsigned startable;
+    bool stopping;
     {
       std::lock_guard lock(mutex_);
-      if (stopping_) g->request_stop();
+      stopping = stopping_;
+      if (stopping) g->request_stop();
       startable = static_cast<unsigned>(std::min<std::size_t>(g->items_.size(), g->max_running_));
       limit_ = std::max(limit_, std::min(g->max_running_, max_threads));
       active_.push_back(std::move(g));
       demand_ += startable;
     }
     wake_.notify_all();
+    // The context is ending: the items are only released (by a thread still running, or by the
+    // pool's destructor); no thread is started for them.
+    if (stopping) return;
     // Enough threads for what is startable now; each new one registers before we go on (so a
     // spawn() on this thread never sees an unregistered thread of ours).
     while (threads_wanted() > workers_.size()) {
@@ -257,34 +262,37 @@ class copy_pool final : public context_service {
 
   // A named worker with every signal blocked (no handler of the program ever runs on it, and a
   // process-directed signal is never delivered to it), registered in own_threads before this
-  // returns.
+  // returns, without waiting for it to run: its tid comes from its CPU-time clock id (glibc
+  // knows the tid once pthread_create has returned; the clock id encodes it as ~tid << 3 | 6).
+  // Waiting for the new thread instead costs milliseconds where waking an idle vCPU is slow.
   void start_thread() {
+    workers_.reserve(workers_.size() + 1);  // no allocation between start and push_back
     sigset_t all, old;
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
-    auto started = std::make_shared<std::atomic<pid_t>>(0);
     worker w;
     try {
-      w.thread = std::thread([this, started] { worker_main(*started); });
+      w.thread = std::thread([this] { worker_main(); });
     } catch (...) {
       pthread_sigmask(SIG_SETMASK, &old, nullptr);
       throw;
     }
     pthread_sigmask(SIG_SETMASK, &old, nullptr);
-    // The new thread registers its tid and names itself within microseconds.
-    while ((w.tid = started->load(std::memory_order_acquire)) == 0) std::this_thread::yield();
+    clockid_t clock{};
+    if (pthread_getcpuclockid(w.thread.native_handle(), &clock) == 0 && (clock & 7) == 6)
+      w.tid = static_cast<pid_t>(~(clock >> 3));
+    if (w.tid > 0) {
+      try {
+        own_threads::add(w.tid);
+      } catch (...) {
+        w.tid = 0;  // no memory to register: spawn() may then refuse a threaded fork
+      }
+    }
     workers_.push_back(std::move(w));
   }
 
-  void worker_main(std::atomic<pid_t>& started) noexcept {
-    const auto tid = static_cast<pid_t>(::syscall(SYS_gettid));
+  void worker_main() noexcept {
     pthread_setname_np(pthread_self(), "pidring-copy");
-    try {
-      own_threads::add(tid);
-    } catch (...) {
-      // No memory to register: spawn() may then see this thread and refuse a threaded fork.
-    }
-    started.store(tid, std::memory_order_release);
     std::vector<std::byte> buffer;
     std::unique_lock lock(mutex_);
     for (;;) {
@@ -370,7 +378,12 @@ class copy_pool final : public context_service {
   // once it is gone, so its tid cannot be reused by someone else's thread while registered.
   static void forget_thread(pid_t tid) noexcept {
     if (tid == 0) return;
-    for (int i = 0; i < 2000 && ::syscall(SYS_tgkill, ::getpid(), tid, 0) == 0; ++i) {
+    // Microseconds as a rule: yield first, sleep only if it takes longer (at most a second).
+    for (int i = 0; i < 2100 && ::syscall(SYS_tgkill, ::getpid(), tid, 0) == 0; ++i) {
+      if (i < 100) {
+        std::this_thread::yield();
+        continue;
+      }
       const timespec pause{0, 500'000};
       ::nanosleep(&pause, nullptr);
     }

@@ -48,6 +48,16 @@ struct tree_entry {
 // not to the source's owner: cp drops them too unless it also copies the owner).
 inline mode_t copied_mode(mode_t m) noexcept { return m & 01777; }
 
+// Throws `err` again with `about` after `who`: "W: step: text" becomes "W: about: step: text".
+[[noreturn]] inline void rethrow_about(const std::system_error& err, const std::string& who, const std::string& about) {
+  std::string what = err.what();
+  const std::string text = ": " + err.code().message();
+  if (what.size() >= text.size() && what.compare(what.size() - text.size(), text.size(), text) == 0)
+    what.resize(what.size() - text.size());
+  if (what.compare(0, who.size(), who) == 0) what.erase(0, who.size());
+  throw_errno(err.code().value(), who + ": " + about + what);
+}
+
 // Whether `dir` is the directory (dev, ino) or lies below it, following ".." up to the root.
 inline bool is_within(int dir, dev_t dev, ino_t ino, const std::string& who) {
   unique_fd cur(::fcntl(dir, F_DUPFD_CLOEXEC, 0));
@@ -136,7 +146,6 @@ struct tree_copy {
     const tree_entry& e = entries[i];
     copy_hook_point("tree-file", e.rel);
     if (ctl.stopped()) return;  // the group is ending: skipped
-    const std::string file_who = who + ": copy " + source_path(e.rel);
     unique_fd in(::openat(src_root.get(), e.rel.c_str(), O_RDONLY | O_NOFOLLOW | O_NOCTTY | O_NONBLOCK | O_CLOEXEC));
     if (!in) throw_errno(errno, who + ": open " + source_path(e.rel));
     struct stat st {};
@@ -146,17 +155,16 @@ struct tree_copy {
     const mode_t mode = copied_mode(e.mode);
     unique_fd out(::openat(dest.root.get(), e.rel.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode));
     if (!out) throw_errno(errno, who + ": create " + dest_path(e.rel));
-    data_request r;
-    r.in = in.get();
-    r.out = out.get();
+    data_request r = make_request(in.get(), out.get(), st, dest_dev, dest_blksize, method, 0);
     r.seek_fd = may_have_holes(st) ? in.get() : -1;
-    r.end = static_cast<std::uint64_t>(std::max<off_t>(st.st_size, 0));
     r.whole_file = true;
-    r.from_dev = st.st_dev;
-    r.to_dev = dest_dev;
-    r.method = method;
-    r.block = static_cast<std::uint64_t>(std::max<blksize_t>({st.st_blksize, dest_blksize, 512}));
-    const data_outcome o = copy_data(r, *pool, ctl, counters->bytes, file_who);
+    data_outcome o;
+    try {
+      o = copy_data(r, *pool, ctl, counters->bytes, who);
+    } catch (const std::system_error& err) {
+      // The step's message gains the file's name; built only now, not for every file.
+      rethrow_about(err, who, "copy " + source_path(e.rel));
+    }
     if (o.end != o.written_end && ::ftruncate(out.get(), static_cast<off_t>(o.end)) != 0)
       throw_errno(errno, who + ": truncate " + dest_path(e.rel));
     if ((mode & ~umask) != mode && ::fchmod(out.get(), mode) != 0) throw_errno(errno, who + ": chmod " + dest_path(e.rel));
