@@ -1,5 +1,4 @@
-// pcp: cp with pidring's copier. Files and trees, several sources into a directory, one live
-// progress bar for the whole job.
+// pcp: cp on pidring's copier: files, trees (-r), several sources, one live progress bar.
 //
 //   pcp [-r] [-j N] [--method M] [--preserve] [--force] [--durable] SRC... DST
 //   pcp            (no arguments: copies a generated 64 MiB file, verifies it, cleans up)

@@ -483,7 +483,7 @@ int permission_checks(std::string dir) {
 }
 }  // namespace
 
-TEST_CASE("copy_file: permission denied on the source or the destination directory is EACCES", "[copy]") {
+TEST_CASE("copy_file: permission denied on the source or the destination directory is EACCES", "[copy][forks]") {
   test_util::temp_dir dir;
   REQUIRE(::chmod(dir.path().c_str(), 0755) == 0);
   test_util::write_file(dir / "secret", "s");

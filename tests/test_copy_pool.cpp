@@ -171,7 +171,7 @@ TEST_CASE("copy pool: threads start with the first copy, are bounded, and are jo
   for (int i = 0; i < 100; ++i) CHECK(same_contents(dir / ("src" + std::to_string(i)), dir / ("dst" + std::to_string(i))));
 }
 
-TEST_CASE("copy pool: spawn(callable) is not refused while the pool's threads run", "[copy]") {
+TEST_CASE("copy pool: spawn(callable) is not refused while the pool's threads run", "[copy][forks]") {
   test_util::temp_dir dir;
   test_util::write_file(dir / "src", "data");
   pidring::io_context io;
@@ -364,15 +364,15 @@ void check_in_child(int (*check)(std::string)) {
 }  // namespace
 
 TEST_CASE("copy pool: copies finish while other threads hold stdout's and stderr's locks and log through stdio",
-          "[copy]") {
+          "[copy][forks]") {
   check_in_child(copies_next_to_stdio_threads);
 }
 
-TEST_CASE("copy pool: a process with 1 GiB resident copies without creating any process", "[copy]") {
+TEST_CASE("copy pool: a process with 1 GiB resident copies without creating any process", "[copy][forks]") {
   check_in_child(copies_from_a_big_process);
 }
 
-TEST_CASE("copy_range: fds 0, 1 and 2 work as sources", "[copy]") { check_in_child(copies_from_standard_fds); }
+TEST_CASE("copy_range: fds 0, 1 and 2 work as sources", "[copy][forks]") { check_in_child(copies_from_standard_fds); }
 
 TEST_CASE("copy pool: a group runs at most max_running items at once; a failing item stops the rest", "[copy]") {
   pidring::io_context io;

@@ -448,7 +448,7 @@ int unprivileged_tree_checks(std::string base) {
 }  // namespace
 
 TEST_CASE("copy_tree: an unreadable file, and a device node we may not make, name the path and leave nothing",
-          "[copy_tree]") {
+          "[copy_tree][forks]") {
   if (::geteuid() != 0) SKIP("needs root to make the device node the check copies (mknod)");
   test_util::temp_dir dir;
   ::chmod(dir.path().c_str(), 0755);

@@ -465,8 +465,9 @@ task<tree_result> copy_tree_impl(io_context& io, std::filesystem::path from, std
   const bool report = static_cast<bool>(o.on_progress);
   copy_counters& counters = *t->counters;
   auto progress = [&] {
-    return tree_progress{counters.files.load(std::memory_order_relaxed), t->files_total,
-                         counters.bytes.load(std::memory_order_relaxed), t->bytes_total};
+    const std::uint64_t bytes = counters.bytes.load(std::memory_order_relaxed);  // files may have grown
+    return tree_progress{counters.files.load(std::memory_order_relaxed), t->files_total, bytes,
+                         std::max(bytes, t->bytes_total)};
   };
   std::exception_ptr failed;
   unique_fd parent;
