@@ -280,7 +280,8 @@ def w_copy(a, R):
 def w_copyheap(a, R):
     """copy_file timed inside the process (io_context set-up included), from a small process and
     from one with --heap-mib resident, interleaved: no process is created to copy, so the heap
-    must not matter (issue 12: <= 1.1x). A 4 KiB file (fixed costs) and a 64 MiB one, on tmpfs."""
+    must not matter (issue 12: <= 1.1x). A 4 KiB file (fixed costs) and a 64 MiB one, on tmpfs.
+    Next to it the floor: a bare ring, a thread that copy_file_range's, its join."""
     d = a.tmpfs_dir
     os.makedirs(d, exist_ok=True)
     R["copyheap"] = {}
@@ -297,9 +298,10 @@ def w_copyheap(a, R):
         targets = []
         for which, ballast in (("small", "0"), ("big", str(a.heap_mib))):
             env = dict(os.environ, BENCH_BALLAST_MIB=ballast)
-            argv = [f"{a.bin}/bench_copy", "pidring", "automatic", "0", src, dst]
-            targets.append((f"automatic {which}",
-                            lambda argv=argv, env=env: float(out_of(argv, env=env, stderr=subprocess.DEVNULL).split()[0])))
+            for name, argv in (("automatic", [f"{a.bin}/bench_copy", "pidring", "automatic", "0", src, dst]),
+                               ("floor", [f"{a.bin}/bench_copy", "floor", src, dst])):
+                targets.append((f"{name} {which}",
+                                lambda argv=argv, env=env: float(out_of(argv, env=env, stderr=subprocess.DEVNULL).split()[0])))
         med, _ = interleave(targets, a.rounds, before=before)
         R["copyheap"][label] = med
         for p in (src, dst):
