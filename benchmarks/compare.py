@@ -199,9 +199,10 @@ def copy_commands(a, src, dst):
     """(name, argv, timed from outside) for every copier of a file src -> dst."""
     b = f"{a.bin}/bench_copy"
     t = [("pidring automatic (default parallelism)", [b, "pidring", "automatic", "0", src, dst], True)]
-    for method in ("automatic", "copy_file_range", "uring"):
-        for p in (1, 2, 4):
-            t.append((f"pidring {method} p{p}", [b, "pidring", method, str(p), src, dst], True))
+    if a.pcp and os.path.exists(a.pcp):
+        t.append(("pcp", [a.pcp, "-q", src, dst], True))
+    for method, p in (("copy_file_range", 1), ("read_write", 1), ("uring", 1), ("uring", 4)):
+        t.append((f"pidring {method} p{p}", [b, "pidring", method, str(p), src, dst], True))
     t.append(("pidring reflink", [b, "pidring", "reflink", "1", src, dst], True))
     t.append(("cp", ["cp", src, dst], True))
     t.append(("Python shutil.copyfile", [PY, f"{HERE}/copy_shutil.py", src, dst], False))
@@ -277,31 +278,150 @@ def w_copy(a, R):
 
 
 def w_copyheap(a, R):
-    """Not in issue 8: a copy from inside a process with a big heap. pidring's copy_file_range
-    method forks worker processes, and a fork copies the parent's page tables."""
+    """copy_file timed inside the process (io_context set-up included), from a small process and
+    from one with --heap-mib resident, interleaved: no process is created to copy, so the heap
+    must not matter (issue 12: <= 1.1x). A 4 KiB file (fixed costs) and a 64 MiB one, on tmpfs.
+    Next to it the floor: a bare ring, a thread that copy_file_range's, its join."""
     d = a.tmpfs_dir
     os.makedirs(d, exist_ok=True)
-    mib = 64
-    src, dst = f"{d}/heap-src", f"{d}/heap-dst"
-    make_file(src, mib)
-    log(f"copy of {mib} MiB on tmpfs from a small parent and from one with {a.heap_mib} MiB resident")
+    R["copyheap"] = {}
+    for label, size in (("4 KiB", 4096), ("64 MiB", 64 << 20)):
+        src, dst = f"{d}/heap-src", f"{d}/heap-dst"
+        with open("/dev/urandom", "rb") as f, open(src, "wb") as o:
+            o.write(f.read(size))
+        log(f"copy_file of {label} on tmpfs from a small process and from one with {a.heap_mib} MiB resident")
 
-    def before(name):
-        if os.path.exists(dst):
-            os.unlink(dst)
+        def before(name):
+            if os.path.exists(dst):
+                os.unlink(dst)
 
-    targets = []
-    for method, p in (("automatic", "0"), ("copy_file_range", "1"), ("uring", "1")):
+        targets = []
         for which, ballast in (("small", "0"), ("big", str(a.heap_mib))):
             env = dict(os.environ, BENCH_BALLAST_MIB=ballast)
-            argv = [f"{a.bin}/bench_copy", "pidring", method, p, src, dst]
-            targets.append((f"{method} p{p} {which}",
-                            lambda argv=argv, env=env: float(out_of(argv, env=env, stderr=subprocess.DEVNULL).split()[0])))
-    med, _ = interleave(targets, a.rounds, before=before)
-    R["copyheap"] = {"mib": mib, "results": med}
-    for p in (src, dst):
-        if os.path.exists(p):
-            os.unlink(p)
+            for name, argv in (("automatic", [f"{a.bin}/bench_copy", "pidring", "automatic", "0", src, dst]),
+                               ("floor", [f"{a.bin}/bench_copy", "floor", src, dst])):
+                targets.append((f"{name} {which}",
+                                lambda argv=argv, env=env: float(out_of(argv, env=env, stderr=subprocess.DEVNULL).split()[0])))
+        med, _ = interleave(targets, a.rounds, before=before)
+        R["copyheap"][label] = med
+        for p in (src, dst):
+            if os.path.exists(p):
+                os.unlink(p)
+
+
+def w_copysmall(a, R):
+    """A 4 KiB file, pcp against cp, both timed from outside exec to exit (start-up included: what
+    a user waits for). Issue 12: pcp no more than 1 ms slower than cp."""
+    if not (a.pcp and os.path.exists(a.pcp)):
+        log("copysmall: no pcp built; skipped")
+        return
+    R["copysmall"] = {}
+    for fs, d in (("ext4", a.ext4_dir), ("tmpfs", a.tmpfs_dir)):
+        os.makedirs(d, exist_ok=True)
+        src = f"{d}/small-src"
+        with open(src, "wb") as f:
+            f.write(os.urandom(4096))
+        runs = [0]
+
+        def fresh():
+            runs[0] += 1
+            return f"{d}/small-dst-{runs[0]}"
+
+        def timed(argv_of):
+            def fn():
+                dst = fresh()
+                t = wall_seconds(argv_of(dst))
+                os.unlink(dst)
+                return t
+            return fn
+
+        log(f"copy of a 4 KiB file on {fs}: pcp and cp")
+        targets = [("pcp", timed(lambda dst: [a.pcp, "-q", src, dst])), ("cp", timed(lambda dst: ["cp", src, dst]))]
+        med, _ = interleave(targets, a.small_rounds)
+        R["copysmall"][fs] = med
+        os.unlink(src)
+
+
+def make_tree(root, nfiles, ndirs, lo, hi, deep, seed):
+    """A tree of random files (made once, kept between runs)."""
+    import random
+    if os.path.exists(os.path.join(root, ".complete")):
+        return
+    log(f"    making {root}: {nfiles} files of {lo}-{hi} B in {ndirs} directories")
+    shutil.rmtree(root, ignore_errors=True)
+    rnd = random.Random(seed)
+    dirs = []
+    for i in range(ndirs):
+        p = os.path.join(root, f"a{i % 7}", f"b{i % 29}", f"c{i}") if deep else os.path.join(root, f"d{i}")
+        os.makedirs(p, exist_ok=True)
+        dirs.append(p)
+    with open("/dev/urandom", "rb") as ur:
+        for i in range(nfiles):
+            with open(os.path.join(dirs[i % ndirs], f"f{i}"), "wb") as f:
+                f.write(ur.read(rnd.randint(lo, hi)))
+    open(os.path.join(root, ".complete"), "w").close()
+
+
+def w_tree(a, R):
+    """Trees (issue 12): 4,000 files of 256 B-128 KiB in 20 directories, and 20,000 files of
+    0-64 KiB in a deeper tree (400 directories), copied on ext4 (page cache warm) by pcp -r
+    (default workers, then 1, 2, 4 and 8), cp -r, rsync -a and tar c | tar x, each into a fresh
+    name; the copies are removed and written back (sync) before every run, untimed."""
+    if not (a.pcp and os.path.exists(a.pcp)):
+        log("tree: no pcp built; skipped")
+        return
+    R["tree"] = {}
+    d = a.ext4_dir
+    os.makedirs(d, exist_ok=True)
+    trees = [("4,000 files, 256 B-128 KiB, 20 directories", "tree4k", 4000, 20, 256, 128 << 10, False),
+             ("20,000 files, 0-64 KiB, 400 directories", "tree20k", 20000, 400, 0, 64 << 10, True)]
+    for label, name, nfiles, ndirs, lo, hi, deep in trees:
+        src = os.path.join(d, name)
+        make_tree(src, nfiles, ndirs, lo, hi, deep, seed=len(name))
+        out = os.path.join(d, f"{name}-copies")
+        os.makedirs(out, exist_ok=True)
+        runs = [0]
+        last = []
+
+        def fresh():
+            runs[0] += 1
+            p = os.path.join(out, f"c{runs[0]}")
+            last.append(p)
+            return p
+
+        def before(_name):
+            for p in last:
+                shutil.rmtree(p, ignore_errors=True)
+            last.clear()
+            subprocess.run(["sync"], check=True)
+
+        def timed(argv_of, shell=False):
+            def fn():
+                dst = fresh()
+                argv = argv_of(dst)
+                t0 = time.perf_counter()
+                r = subprocess.run(argv, shell=shell, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                t = time.perf_counter() - t0
+                if r.returncode != 0:
+                    raise RuntimeError(f"{argv}: exit {r.returncode}: {r.stderr.strip()}")
+                return t
+            return fn
+
+        targets = [("pcp -r", timed(lambda dst: [a.pcp, "-q", "-r", src, dst]))]
+        for j in a.tree_jobs:
+            targets.append((f"pcp -r -j {j}", timed(lambda dst, j=j: [a.pcp, "-q", "-r", "-j", str(j), src, dst])))
+        targets.append(("cp -r", timed(lambda dst: ["cp", "-r", src, dst])))
+        if shutil.which("rsync"):
+            targets.append(("rsync -a", timed(lambda dst: ["rsync", "-a", src + "/", dst + "/"])))
+        targets.append(("tar c | tar x", timed(
+            lambda dst: f"mkdir '{dst}' && tar -C '{src}' -cf - . | tar -C '{dst}' -xf -", shell=True)))
+        log(f"tree: {label}")
+        med, _ = interleave(targets, a.tree_rounds, before=before)
+        before("")
+        R["tree"][label] = {"files": nfiles, "results": med}
+        shutil.rmtree(out, ignore_errors=True)
+        if not a.keep_files:
+            shutil.rmtree(src, ignore_errors=True)
 
 
 def w_sparse(a, R):
@@ -413,8 +533,10 @@ def main():
     ap.add_argument("--bin", required=True, help="directory holding the built bench_* programs")
     ap.add_argument("--uring-cp", default="", help="liburing's examples/io_uring-cp, if built")
     ap.add_argument("--results", default=os.path.join(ROOT, "build", "bench-results.json"))
-    ap.add_argument("--only", default="spawn,heap,exit,many,runcat,copy,copyheap,sparse,profile",
-                    help="comma-separated workloads (default: all)")
+    ap.add_argument("--only", default="spawn,heap,exit,many,runcat,copy,copysmall,copyheap,tree,sparse,profile",
+                    help="comma-separated workloads (default: all); the copier's alone: "
+                         "copy,copysmall,copyheap,tree,sparse")
+    ap.add_argument("--pcp", default="", help="examples/pcp of the same build (default: next to --bin)")
     ap.add_argument("--rounds", type=int, default=5, help="measured rounds after the warm-up")
     ap.add_argument("--copy-rounds", type=int, default=5)
     ap.add_argument("--spawn-n", type=int, default=100, help="issue 8: 2000")
@@ -424,17 +546,23 @@ def main():
     ap.add_argument("--many-n", type=int, default=1000, help="issue 8: 10000")
     ap.add_argument("--many-rounds", type=int, default=1)
     ap.add_argument("--cat-mib", type=int, default=32, help="issue 8: 256")
-    ap.add_argument("--copy-mib", default="64,256", help="comma-separated sizes in MiB (issue 8: 64,1024,4096)")
+    ap.add_argument("--copy-mib", default="64,256,1024", help="comma-separated sizes in MiB (issue 12: 64,256,1024)")
+    ap.add_argument("--small-rounds", type=int, default=21, help="rounds of the 4 KiB copy")
+    ap.add_argument("--tree-rounds", type=int, default=5, help="rounds of the tree copies")
+    ap.add_argument("--tree-jobs", default="1,2,4,8", help="pcp -j values for the trees (the plot's x axis)")
     ap.add_argument("--ext4-dir", default=os.path.join(ROOT, "build", "bench-data"))
     ap.add_argument("--tmpfs-dir", default="/dev/shm/pidring-bench")
     ap.add_argument("--keep-files", action="store_true")
     ap.add_argument("--git", default="?", help="the pidring version measured (git describe)")
     a = ap.parse_args()
     a.copy_mib = [int(x) for x in a.copy_mib.split(",") if x]
+    a.tree_jobs = [int(x) for x in a.tree_jobs.split(",") if x]
+    if not a.pcp:
+        a.pcp = os.path.join(os.path.dirname(os.path.abspath(a.bin)), "examples", "pcp")
     only = a.only.split(",")
 
     R = {}
-    if os.path.exists(a.results) and len(only) < 9:
+    if os.path.exists(a.results) and len(only) < 11:
         with open(a.results) as f:
             R = json.load(f)  # a partial rerun updates the workloads it ran
     R["machine"] = machine()

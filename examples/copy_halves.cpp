@@ -7,7 +7,9 @@
 //    child therefore uses copy_file_range with explicit offsets. The parent spawns the two
 //    callables with pidring::spawn and awaits both through their pidfds with when_all.
 // 2. The same in one line with pidring::copy_range: when_all(copy_range(first half),
-//    copy_range(second half)).
+//    copy_range(second half)). No process this time: the two ranges are two jobs on the
+//    io_context's copy pool, copied at the same time by two of its threads while the ring's
+//    thread waits for both without blocking.
 // Each copy is verified byte for byte.
 #include <pidring/pidring.hpp>
 
@@ -71,6 +73,7 @@ pidring::task<bool> by_hand(pidring::io_context& io, int in, int out, std::uint6
 pidring::task<std::uint64_t> with_copy_range(pidring::io_context& io, int in, int out,
                                              std::uint64_t size) {
   const std::uint64_t mid = middle(size);
+  // Each call duplicates the descriptors and copies with explicit offsets on a pool thread.
   auto [a, b] = co_await pidring::when_all(pidring::copy_range(io, in, out, 0, mid),
                                            pidring::copy_range(io, in, out, mid, size - mid));
   co_return a + b;

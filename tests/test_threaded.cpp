@@ -308,7 +308,12 @@ TEST_CASE("threaded: a callable child writes only its own output, never what ano
 
 TEST_CASE("threaded: a callable child can use malloc and stdio although another thread was hammering both at the fork",
           "[safety][threaded][fork]") {
-#if defined(__SANITIZE_ADDRESS__) || (defined(__has_feature) && __has_feature(address_sanitizer))
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define PIDRING_TEST_ASAN 1
+#endif
+#endif
+#if defined(__SANITIZE_ADDRESS__) || defined(PIDRING_TEST_ASAN)
   // glibc's fork() resets glibc malloc's locks in the child; under ASan, malloc is the sanitizer's
   // allocator, which (in clang 14's runtime) takes no part in fork: a child forked while another
   // thread is inside it can hang. That is the sanitizer's limit, not pidring's; the dev preset

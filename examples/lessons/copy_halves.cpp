@@ -10,7 +10,9 @@
 //           co_await its exit instead of blocking in waitpid. Or, in one line:
 //             co_await when_all(copy_range(io, in, out, 0, half),
 //                               copy_range(io, in, out, half, size - half));
-//           which copies both halves concurrently, with explicit offsets, without blocking.
+//           which copies both halves at the same time on two threads of the io_context's copy
+//           pool (no process is created), with explicit offsets, while the ring's thread waits
+//           for both without blocking.
 
 #include <pidring/pidring.hpp>
 

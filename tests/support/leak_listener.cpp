@@ -1,5 +1,6 @@
-// Fails every test case that ends with an fd it did not start with, or with any child process
-// (running or zombie) of this process.
+// Fails every test case that ends with an fd it did not start with, with any child process
+// (running or zombie) of this process, or with a thread it did not start with (io_uring's own
+// kernel workers, iou-wrk-* and iou-sqp-*, excepted: the kernel ends them with their ring).
 //
 // How the failure counts: Catch2 computes a test case's totals after the outermost section (the
 // test case body itself) has ended, so an assertion recorded from our sectionEnded() for that
@@ -43,6 +44,28 @@ std::vector<pid_t> children_after_grace() {
   return pids;
 }
 
+// Threads that were not there at the start and are still there after the grace period (a
+// thread being joined may be listed for a moment after pthread_join returned).
+std::vector<pid_t> new_threads_after_grace(const std::vector<pid_t>& at_start) {
+  auto fresh = [&] {
+    std::vector<pid_t> out;
+    for (pid_t tid : test_util::thread_ids()) {
+      if (std::binary_search(at_start.begin(), at_start.end(), tid)) continue;
+      if (test_util::thread_name(tid).rfind("iou-", 0) == 0) continue;
+      out.push_back(tid);
+    }
+    return out;
+  };
+  auto tids = fresh();
+  const auto deadline = std::chrono::steady_clock::now() + child_grace;
+  while (!tids.empty() && std::chrono::steady_clock::now() < deadline) {
+    const timespec pause{0, 10'000'000};
+    ::nanosleep(&pause, nullptr);
+    tids = fresh();
+  }
+  return tids;
+}
+
 // The test has already failed for it; reaping here keeps the next test case from being blamed.
 // Our own unreaped child's pid cannot have been reused, so signalling it by pid is safe.
 void kill_and_reap(pid_t pid) {
@@ -62,10 +85,13 @@ class leak_listener final : public Catch::EventListenerBase {
     // Warm-up: anything the first /proc listing opens lazily is open before any baseline.
     (void)test_util::open_fds();
     (void)test_util::child_pids();
+    (void)test_util::thread_ids();
   }
 
   void sectionStarting(const Catch::SectionInfo&) override {
-    if (depth_++ == 0) fds_at_start_ = test_util::open_fds();
+    if (depth_++ != 0) return;
+    fds_at_start_ = test_util::open_fds();
+    threads_at_start_ = test_util::thread_ids();
   }
 
   void sectionEnded(const Catch::SectionStats&) override {
@@ -97,6 +123,15 @@ class leak_listener final : public Catch::EventListenerBase {
       report += "  (the listener killed and reaped them so that later test cases start clean)\n";
     }
 
+    const auto threads = new_threads_after_grace(threads_at_start_);
+    if (!threads.empty()) {
+      report += "pidring leak check: the test case left " + std::to_string(threads.size()) +
+                " thread(s) running that were not there when it started (join what you start; "
+                "an io_context joins its copy pool when it ends):\n";
+      for (pid_t tid : threads)
+        report += "  leaked thread tid " + std::to_string(tid) + " (" + test_util::thread_name(tid) + ")\n";
+    }
+
     if (!report.empty()) {
       leaks_seen = true;
       report.pop_back();
@@ -107,6 +142,7 @@ class leak_listener final : public Catch::EventListenerBase {
  private:
   int depth_ = 0;
   std::vector<int> fds_at_start_;
+  std::vector<pid_t> threads_at_start_;
 };
 
 }  // namespace

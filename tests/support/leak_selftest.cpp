@@ -4,8 +4,12 @@
 #include <catch2/catch_test_macros.hpp>
 
 #include <fcntl.h>
+#include <pthread.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+#include <chrono>
+#include <thread>
 
 #include "test_util.hpp"
 
@@ -18,6 +22,14 @@ TEST_CASE("leak selftest: a zombie child fails the test case", "[.leak-selftest]
   const pid_t pid = ::fork();
   REQUIRE(pid >= 0);
   if (pid == 0) ::_exit(0);
+}
+
+TEST_CASE("leak selftest: a thread left running fails the test case", "[.leak-selftest]") {
+  // Detached and asleep long after the test case ends (the process exits first).
+  std::thread([] {
+    pthread_setname_np(pthread_self(), "left-behind");
+    std::this_thread::sleep_for(std::chrono::seconds(30));
+  }).detach();
 }
 
 TEST_CASE("leak selftest: a test case that cleans up passes", "[.leak-selftest]") {
@@ -39,5 +51,8 @@ TEST_CASE("leak selftest: a test case that cleans up passes", "[.leak-selftest]"
   }
   SECTION("so a second section starts from a clean slate too") {
     CHECK(test_util::child_pids().empty());
+  }
+  SECTION("a thread started and joined in the test case is no leak") {
+    std::thread([] {}).join();
   }
 }

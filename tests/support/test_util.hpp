@@ -49,6 +49,12 @@ inline std::vector<int> open_fds() {
   return fds;
 }
 
+// The suite's second pass runs every test case on the epoll backend (PIDRING_BACKEND=epoll).
+inline bool epoll_backend() {
+  const char* b = std::getenv("PIDRING_BACKEND");
+  return b != nullptr && std::string_view(b) == "epoll";
+}
+
 inline std::size_t open_fd_count() { return open_fds().size(); }
 
 inline bool fd_is_open(int fd) { return ::fcntl(fd, F_GETFD) != -1 || errno != EBADF; }
@@ -100,6 +106,28 @@ inline std::vector<pid_t> child_pids() {
   std::sort(pids.begin(), pids.end());
   pids.erase(std::unique(pids.begin(), pids.end()), pids.end());
   return pids;
+}
+
+// The threads of this process (their tids), ascending.
+inline std::vector<pid_t> thread_ids() {
+  std::vector<pid_t> tids;
+  DIR* dir = ::opendir("/proc/self/task");
+  if (dir == nullptr) throw_errno(errno, "opendir /proc/self/task");
+  while (const dirent* entry = ::readdir(dir)) {
+    const std::string_view name = entry->d_name;
+    if (name.empty() || name.front() < '0' || name.front() > '9') continue;
+    tids.push_back(static_cast<pid_t>(std::atoi(entry->d_name)));
+  }
+  ::closedir(dir);
+  std::sort(tids.begin(), tids.end());
+  return tids;
+}
+
+// A thread's name (the kernel's 15-character comm), empty if it has gone.
+inline std::string thread_name(pid_t tid) {
+  std::string name = read_proc_file("/proc/self/task/" + std::to_string(tid) + "/comm");
+  while (!name.empty() && name.back() == '\n') name.pop_back();
+  return name;
 }
 
 struct process_info {

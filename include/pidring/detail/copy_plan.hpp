@@ -1,8 +1,10 @@
 #pragma once
-// How a copy is cut up: the data extents of a source (SEEK_DATA/SEEK_HOLE), how many workers,
-// and which byte ranges each one gets. Pure arithmetic plus lseek/fstatfs; no ring, no processes.
+// How a copy is cut up: whether to look for holes, the data extents of a source
+// (SEEK_DATA/SEEK_HOLE), how many lanes copy one file, and which byte ranges each one gets. Pure
+// arithmetic plus lseek/fstatfs, run on the copy pool's threads; no ring.
 
 #include <sched.h>
+#include <sys/stat.h>
 #include <sys/statfs.h>
 #include <unistd.h>
 
@@ -29,6 +31,12 @@ inline std::uint64_t total_length(const std::vector<extent>& v) noexcept {
 
 inline std::uint64_t align_up(std::uint64_t v, std::uint64_t a) noexcept {
   return a <= 1 ? v : (v + a - 1) / a * a;
+}
+
+// Whether a file may have holes worth looking for: fewer blocks allocated than its size needs
+// (what GNU cp checks). Ordinary files then pay no SEEK_DATA/SEEK_HOLE at all.
+inline bool may_have_holes(const struct stat& st) noexcept {
+  return st.st_size > 0 && static_cast<std::uint64_t>(st.st_blocks) * 512 < static_cast<std::uint64_t>(st.st_size);
 }
 
 // The data extents of [begin, end) of `fd` (holes left out) when `sparse`, else the whole range.
@@ -127,30 +135,19 @@ inline unsigned usable_cpus() noexcept {
   return n > 0 ? static_cast<unsigned>(n) : 1u;
 }
 
-// File systems on which one file takes one writer at a time (the inode lock serialises buffered
-// writes; measured here: two writers into one file gain nothing on ext4 and tmpfs), so parallel
-// ranges into one destination cannot beat a single stream.
-inline bool single_writer_fs(long magic) noexcept {
-  switch (static_cast<unsigned long>(magic)) {
-    case 0xEF53:      // ext2/3/4
-    case 0x01021994:  // tmpfs
-    case 0x858458f6:  // ramfs
-    case 0x9123683E:  // btrfs (buffered writes take the inode lock)
-      return true;
-    default:
-      return false;
-  }
-}
-
-// File systems known to take concurrent writers into one file (and to gain from them).
+// File systems known to take concurrent writers into one file and to gain from them: network
+// and cluster file systems, where each request is a round trip (or a server-side copy) and
+// several in flight hide the latency. Not ext4, tmpfs, btrfs or XFS: buffered writes to one
+// inode take its lock (XFS's i_rwsem is exclusive for buffered writes), so a second writer into
+// the same file only waits; measured in docs/copy.md.
 inline bool parallel_writer_fs(long magic) noexcept {
   switch (static_cast<unsigned long>(magic)) {
-    case 0x58465342:  // XFS
     case 0x6969:      // NFS
+    case 0xFE534D42:  // SMB2
+    case 0xFF534D42:  // CIFS
     case 0x0BD00BD0:  // Lustre
     case 0x00C36400:  // CephFS
     case 0x47504653:  // GPFS
-    case 0xFE534D42:  // SMB2
       return true;
     default:
       return false;
@@ -163,7 +160,7 @@ inline long fs_magic(int fd) noexcept {
 }
 
 // parallelism 0: one stream where parallel writers cannot help (and on file systems we know
-// nothing about: never lose to cp), else one worker per 64 MiB up to the CPU count.
+// nothing about: never lose to cp), else one lane per 64 MiB up to the CPU count.
 inline unsigned choose_parallelism(long dest_magic, std::uint64_t bytes, unsigned cpus) noexcept {
   if (!parallel_writer_fs(dest_magic)) return 1;
   constexpr std::uint64_t per_worker = 64ull << 20;

@@ -22,11 +22,50 @@ inline test_hooks& hooks() noexcept {
   return h;
 }
 #else
-struct test_hooks {
-  static constexpr bool ring_without_ext_arg = false;
-  static constexpr bool throw_in_background_reap = false;
+struct test_hooks {  // members of a constexpr value: what they guard folds away
+  bool ring_without_ext_arg = false;
+  bool throw_in_background_reap = false;
 };
 inline constexpr test_hooks hooks() noexcept { return {}; }
+#endif
+
+}  // namespace pidring::detail
+
+// ---- the copier's hooks (copy.hpp and its detail headers) --------------------------------------
+// A test sets them through tests/support/copy_hooks_guard.hpp, whose destructor restores the
+// defaults.
+
+#ifdef PIDRING_TESTING
+#include <functional>
+#include <string_view>
+#endif
+
+namespace pidring::detail {
+
+#ifdef PIDRING_TESTING
+struct copy_test_hooks {
+  // Publish through a hidden temporary name even where O_TMPFILE works.
+  bool no_tmpfile = false;
+  // Called on the pool thread at named points of a copy, so a test can hold a copy there or see
+  // which thread runs it: "data" (before a file's or a range's bytes move, `what` empty),
+  // "publish" (before a copy is put in place), "tree-file" (before each file of a tree, `what`
+  // its path below the tree's root).
+  std::function<void(std::string_view point, std::string_view what)> at;
+};
+inline copy_test_hooks& copy_hooks() noexcept {
+  static copy_test_hooks h;
+  return h;
+}
+inline void copy_hook_point(std::string_view point, std::string_view what = {}) {
+  if (copy_hooks().at) copy_hooks().at(point, what);
+}
+#else
+struct copy_test_hooks {
+  bool no_tmpfile = false;  // a member of a constexpr value: the test folds away
+};
+inline constexpr copy_test_hooks copy_hooks() noexcept { return {}; }
+template <class... Args>
+inline void copy_hook_point(Args&&...) noexcept {}
 #endif
 
 }  // namespace pidring::detail
