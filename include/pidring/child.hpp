@@ -68,6 +68,9 @@ struct process_state {
   unsigned kernel_waits = 0;         // ring operations on the pidfd not yet completed
   bool kill_on_drop = false;
   bool killed = false;  // SIGKILL sent by us
+  // Hands a dropped child to the context's background reaper. Set where a child is made, so that
+  // the reaper (a coroutine) is compiled only in translation units that spawn (issue 14).
+  void (*reap_later)(std::shared_ptr<process_state>) = nullptr;
 
   std::string describe() const { return name + " (pid " + std::to_string(pid) + ")"; }
 
@@ -133,9 +136,9 @@ class kernel_wait_scope {
 // The operation waits for the exit without reaping (io_uring: IORING_OP_WAITID with WNOWAIT on
 // Linux 6.7+, else a poll of the pidfd; epoll: the pidfd's readiness), so every waiter is told;
 // reap_now() then reaps once.
-inline task<std::optional<exit_status>> wait_until(std::shared_ptr<process_state> s,
-                                                   std::stop_token stop,
-                                                   std::optional<std::chrono::nanoseconds> timeout) {
+template <class = void>
+task<std::optional<exit_status>> wait_until(std::shared_ptr<process_state> s, std::stop_token stop,
+                                            std::optional<std::chrono::nanoseconds> timeout) {
   event_loop& loop = loop_of(*s->io);
   for (;;) {
     if (s->status) co_return s->status;
@@ -153,7 +156,8 @@ inline task<std::optional<exit_status>> wait_until(std::shared_ptr<process_state
   }
 }
 
-inline task<exit_status> wait_exit(std::shared_ptr<process_state> s) {
+template <class = void>
+task<exit_status> wait_exit(std::shared_ptr<process_state> s) {
   auto st = co_await wait_until(std::move(s), {}, std::nullopt);
   co_return *st;
 }
@@ -172,7 +176,8 @@ struct detached {
 // A dropped or detached child: reaped when it ends, while the context runs. If the context ends
 // first, a child we killed is waited for on the ring a little longer (the context's destructor
 // drives these waits, all at once, never blocking on one); any other goes to the orphanage.
-inline detached reap_in_background(std::shared_ptr<process_state> s) {
+template <class = void>
+detached reap_in_background(std::shared_ptr<process_state> s) {
   try {
     if (hooks().throw_in_background_reap) throw std::runtime_error("test hook");
     auto st = co_await wait_until(s, loop_of(*s->io).shutdown_token(), std::nullopt);
@@ -188,6 +193,11 @@ inline detached reap_in_background(std::shared_ptr<process_state> s) {
   }
 }
 
+template <class = void>
+void reap_later(std::shared_ptr<process_state> s) {
+  reap_in_background(std::move(s));
+}
+
 struct child_parts {
   std::shared_ptr<process_state> state;
   std::unique_ptr<pipe_writer> in;
@@ -195,6 +205,10 @@ struct child_parts {
 };
 
 }  // namespace detail
+
+class child;
+template <class = void>
+task<std::size_t> wait_any(std::span<child> children);
 
 /// A child process made by spawn(). Move-only. Waiting is done by the kernel on the pidfd
 /// (IORING_OP_WAITID, or a poll on it), never by blocking the ring's thread; no SIGCHLD is used.
@@ -232,10 +246,12 @@ class child {
 
   /// Waits for the child to end and gives its status. Any number of waiters, concurrent or one
   /// after another, get the same status.
+  template <class = void>
   task<exit_status> wait() { return detail::wait_exit(checked_state("wait")); }
 
   /// Waits at most `timeout` (join(timeout)): the status, or nullopt with the child still running.
   /// Zero and negative timeouts only check (like try_wait()).
+  template <class = void>
   task<std::optional<exit_status>> wait_for(std::chrono::nanoseconds timeout) {
     auto s = checked_state("wait_for");
     if (timeout.count() <= 0) return ready(s->reap_now());
@@ -243,6 +259,7 @@ class child {
   }
 
   /// Waits until the child ends or `stop` is requested (nullopt, the child keeps running).
+  template <class = void>
   task<std::optional<exit_status>> wait(std::stop_token stop) {
     return detail::wait_until(checked_state("wait"), std::move(stop), std::nullopt);
   }
@@ -251,6 +268,7 @@ class child {
   std::optional<exit_status> try_wait() { return checked_state("try_wait")->reap_now(); }
 
   /// SIGTERM, up to `grace` for the child to end, then SIGKILL; always reaped when it returns.
+  template <class = void>
   task<exit_status> shutdown(std::chrono::nanoseconds grace) {
     auto s = checked_state("shutdown");
     s->send_signal(SIGTERM);
@@ -282,7 +300,10 @@ class child {
   }
 
  private:
-  static task<std::optional<exit_status>> ready(std::optional<exit_status> s) { co_return s; }
+  template <class = void>
+  static task<std::optional<exit_status>> ready(std::optional<exit_status> s) {
+    co_return s;
+  }
 
   const std::shared_ptr<detail::process_state>& checked_state(const char* what) const {
     if (!state_) throw std::logic_error(std::string("child::") + what + ": empty child handle");
@@ -310,8 +331,10 @@ class child {
       if (s->reap_now()) return;
       if (s->io_alive.expired())
         detail::orphans().adopt(std::move(s->pidfd));  // its context is gone: reaped later
+      else if (s->reap_later)
+        s->reap_later(std::move(s));
       else
-        detail::reap_in_background(std::move(s));
+        detail::orphans().adopt(std::move(s->pidfd));
     } catch (...) {
       // Lost (reaped elsewhere) or unsignalable: nothing more to do for it.
     }
@@ -322,12 +345,14 @@ class child {
   std::unique_ptr<pipe_reader> out_, err_;
   pid_t detached_pid_ = -1;
 
+  template <class>
   friend task<std::size_t> wait_any(std::span<child>);
 };
 
 namespace detail {
-inline task<void> wait_any_one(std::shared_ptr<process_state> s, std::stop_source& stop,
-                               std::optional<std::size_t>& winner, std::size_t index) {
+template <class = void>
+task<void> wait_any_one(std::shared_ptr<process_state> s, std::stop_source& stop,
+                        std::optional<std::size_t>& winner, std::size_t index) {
   try {
     auto st = co_await wait_until(std::move(s), stop.get_token(), std::nullopt);
     if (st && !winner) winner = index;
@@ -342,7 +367,8 @@ inline task<void> wait_any_one(std::shared_ptr<process_state> s, std::stop_sourc
 /// waitpid(-1) for a set of children: the index of the first to end (it is reaped; its status is
 /// then in try_wait()/wait()). The others keep running; their handles stay valid and their
 /// pending waits are cancelled, not consumed.
-inline task<std::size_t> wait_any(std::span<child> children) {
+template <class>
+task<std::size_t> wait_any(std::span<child> children) {
   if (children.empty()) throw std::invalid_argument("wait_any: no children");
   for (std::size_t i = 0; i < children.size(); ++i)
     if (children[i].checked_state("wait_any")->reap_now()) co_return i;

@@ -533,14 +533,16 @@ task<tree_result> copy_tree_impl(io_context& io, std::filesystem::path from, std
 /// not at all; on any error or cancellation an existing `to` is left as it was. Errors throw
 /// std::system_error naming the step and both paths, e.g.
 /// "copy_file 'a' -> 'b': open source: No such file or directory".
-inline task<copy_result> copy_file(io_context& io, const std::filesystem::path& from,
+template <class = void>
+task<copy_result> copy_file(io_context& io, const std::filesystem::path& from,
                                    const std::filesystem::path& to, copy_options options) {
   // A plain function: the paths are copied into the coroutine before the caller's may go away.
   return detail::copy_file_impl(io, from, to, std::move(options));
 }
 
 /// copy_file with default options (an overload rather than a default argument: see copy_options).
-inline task<copy_result> copy_file(io_context& io, const std::filesystem::path& from,
+template <class = void>
+task<copy_result> copy_file(io_context& io, const std::filesystem::path& from,
                                    const std::filesystem::path& to) {
   return detail::copy_file_impl(io, from, to, copy_options());
 }
@@ -551,13 +553,15 @@ inline task<copy_result> copy_file(io_context& io, const std::filesystem::path& 
 /// concurrently through the same descriptors. No publish step: the bytes land in place. The
 /// descriptors are duplicated when the call is made: closing them while it runs is harmless, and
 /// once it has thrown (ECANCELED included) nothing more is written.
-inline task<std::uint64_t> copy_range(io_context& io, int from_fd, int to_fd, std::uint64_t offset,
+template <class = void>
+task<std::uint64_t> copy_range(io_context& io, int from_fd, int to_fd, std::uint64_t offset,
                                       std::uint64_t length, copy_options options) {
   return detail::copy_range_impl(io, from_fd, to_fd, offset, length, std::move(options));
 }
 
 /// copy_range with default options.
-inline task<std::uint64_t> copy_range(io_context& io, int from_fd, int to_fd, std::uint64_t offset,
+template <class = void>
+task<std::uint64_t> copy_range(io_context& io, int from_fd, int to_fd, std::uint64_t offset,
                                       std::uint64_t length) {
   return detail::copy_range_impl(io, from_fd, to_fd, offset, length, copy_options());
 }
@@ -570,13 +574,15 @@ inline task<std::uint64_t> copy_range(io_context& io, int from_fd, int to_fd, st
 /// then removed). Refused: `from` not a directory (ENOTDIR), `to` inside `from` or the reverse
 /// (EINVAL), `to` existing without overwrite (EEXIST). Any error or a stop removes what was
 /// built and throws std::system_error naming the path it concerns.
-inline task<tree_result> copy_tree(io_context& io, const std::filesystem::path& from,
+template <class = void>
+task<tree_result> copy_tree(io_context& io, const std::filesystem::path& from,
                                    const std::filesystem::path& to, tree_options options) {
   return detail::copy_tree_impl(io, from, to, std::move(options));
 }
 
 /// copy_tree with default options.
-inline task<tree_result> copy_tree(io_context& io, const std::filesystem::path& from,
+template <class = void>
+task<tree_result> copy_tree(io_context& io, const std::filesystem::path& from,
                                    const std::filesystem::path& to) {
   return detail::copy_tree_impl(io, from, to, tree_options());
 }

@@ -52,9 +52,11 @@ class pipe_reader {
 
   /// Reads what is there (at least one byte, waiting for it) into `buf`; 0 means end of file.
   /// Bytes that read_line() read ahead come first.
+  template <class = void>
   task<std::size_t> read_some(std::span<std::byte> buf) { return read_some(buf, {}); }
 
   /// Like read_some(buf); a stop request cancels the read: std::system_error(ECANCELED).
+  template <class = void>
   task<std::size_t> read_some(std::span<std::byte> buf, std::stop_token stop) {
     if (buf.empty()) co_return 0;
     if (pos_ < buffer_.size()) co_return take_buffered(buf);
@@ -64,6 +66,7 @@ class pipe_reader {
   }
 
   /// The next line without its '\n'; the last line may lack one. nullopt at end of file.
+  template <class = void>
   task<std::optional<std::string>> read_line() {
     for (;;) {
       std::size_t nl = buffer_.find('\n', pos_);
@@ -96,6 +99,7 @@ class pipe_reader {
   }
 
   /// Everything until end of file.
+  template <class = void>
   task<std::string> read_all() {
     std::string out = buffer_.substr(pos_);
     buffer_.clear();
@@ -107,6 +111,7 @@ class pipe_reader {
   /// Appends to `out` until end of file (true) or until `stop` is requested (false).
   /// `expected`: about how many bytes will come, if known (run() passes the input's size for a
   /// filter like cat): room for them is reserved once, as address space only.
+  template <class = void>
   task<bool> read_into(std::string& out, std::stop_token stop, std::size_t expected = 0) {
     if (pos_ < buffer_.size()) {
       out.append(buffer_, pos_);
@@ -162,6 +167,7 @@ class pipe_reader {
   }
 
   // One read: bytes read, 0 at EOF, -ECANCELED when stopped; other errors throw.
+  template <class = void>
   task<int> read_raw(void* data, std::size_t size, std::stop_token stop) {
     if (!fd_) detail::throw_errno(EBADF, "read from " + name_ + ": it is closed");
     const auto op = detail::operation::make(detail::op_code::read, fd_.get(), data, size);
@@ -194,9 +200,11 @@ class pipe_writer {
 
   /// Writes all of `data`. A reader that is gone gives std::system_error(EPIPE); the process is
   /// never killed by SIGPIPE (io_context::run blocks it on the ring's thread).
+  template <class = void>
   task<void> write_all(std::string_view data) { return write_all(data, {}); }
 
   /// Like write_all(data); a stop request ends it with std::system_error(ECANCELED).
+  template <class = void>
   task<void> write_all(std::string_view data, std::stop_token stop) {
     if (!fd_) detail::throw_errno(EBADF, "write to " + name_ + ": it is closed");
     while (!data.empty()) {

@@ -49,7 +49,8 @@ namespace detail {
 // How long pipes may stay open after the child has ended (a grandchild may hold them).
 inline constexpr std::chrono::milliseconds run_drain_grace{100};
 
-inline task<void> run_feed(pipe_writer& w, std::string_view data, std::stop_token stop) {
+template <class = void>
+task<void> run_feed(pipe_writer& w, std::string_view data, std::stop_token stop) {
   // However feeding ends, the child must see end of file on its stdin.
   struct close_at_end {
     pipe_writer& w;
@@ -64,17 +65,17 @@ inline task<void> run_feed(pipe_writer& w, std::string_view data, std::stop_toke
   }
 }
 
-inline task<void> run_drain(pipe_reader& r, std::string& out, std::size_t expected,
-                            std::stop_token stop, unsigned& open_pipes,
-                            std::stop_source& all_drained) {
+template <class = void>
+task<void> run_drain(pipe_reader& r, std::string& out, std::size_t expected, std::stop_token stop,
+                     unsigned& open_pipes, std::stop_source& all_drained) {
   co_await r.read_into(out, stop, expected);
   if (--open_pipes == 0) all_drained.request_stop();
 }
 
 // The exit is taken from the pidfd, not from pipe EOF; then the pipes get a bounded drain.
-inline task<void> run_wait(io_context& io, child& c, std::optional<std::chrono::nanoseconds> timeout,
-                           completed& result, std::stop_source& stop_io,
-                           std::stop_token all_drained) {
+template <class = void>
+task<void> run_wait(io_context& io, child& c, std::optional<std::chrono::nanoseconds> timeout,
+                    completed& result, std::stop_source& stop_io, std::stop_token all_drained) {
   std::optional<exit_status> st;
   if (timeout)
     st = co_await c.wait_for(*timeout);
@@ -90,7 +91,8 @@ inline task<void> run_wait(io_context& io, child& c, std::optional<std::chrono::
   stop_io.request_stop();
 }
 
-inline task<completed> run_impl(io_context& io, command cmd, run_options o) {
+template <class = void>
+task<completed> run_impl(io_context& io, command cmd, run_options o) {
   spawn_options so = std::move(o.spawn);
   so.in = o.input ? stdio::pipe() : stdio::null();
   so.out = o.capture_out ? stdio::pipe() : stdio::inherit();
@@ -127,13 +129,15 @@ inline task<completed> run_impl(io_context& io, command cmd, run_options o) {
 ///
 /// g++ 12 miscompiles aggregate temporaries inside a co_await expression (such as
 /// `co_await run(io, cmd, {.input = "x"})`): name the options first on that compiler.
-inline task<completed> run(io_context& io, const command& cmd, run_options options) {
+template <class = void>
+task<completed> run(io_context& io, const command& cmd, run_options options) {
   return detail::run_impl(io, cmd, std::move(options));
 }
 
 /// run(io, cmd, run_options{}): an overload rather than a default argument, because g++ 12
 /// miscompiles a defaulted aggregate temporary inside a co_await expression.
-inline task<completed> run(io_context& io, const command& cmd) {
+template <class = void>
+task<completed> run(io_context& io, const command& cmd) {
   return detail::run_impl(io, cmd, run_options{});
 }
 

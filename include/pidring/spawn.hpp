@@ -340,8 +340,8 @@ struct program_launch {
   }
 };
 
-inline child make_child(io_context& io, launched l, std::string name, const spawn_options& o,
-                        launch_fds& fds) {
+template <class = void>
+child make_child(io_context& io, launched l, std::string name, const spawn_options& o, launch_fds& fds) {
   auto s = std::make_shared<process_state>();
   s->io = &io;
   s->io_alive = loop_of(io).lifetime();
@@ -349,6 +349,7 @@ inline child make_child(io_context& io, launched l, std::string name, const spaw
   s->pidfd.reset(l.pidfd);
   s->name = std::move(name);
   s->kill_on_drop = o.kill_on_drop;
+  s->reap_later = &reap_later<>;
   child_parts parts;
   const std::string who = s->describe();
   if (fds.parent_end[0])
@@ -456,7 +457,8 @@ child spawn_callable(io_context& io, const spawn_options& o, F& f) {
 /// posix_spawn, the program starts with the caller's signal mask (less run()'s SIGPIPE block),
 /// handled signals back at SIG_DFL and ignored ones still ignored (so `nohup` keeps working);
 /// spawn_options::default_signals resets more.
-inline child spawn(io_context& io, const command& cmd, const spawn_options& o = {}) {
+template <class = void>
+child spawn(io_context& io, const command& cmd, const spawn_options& o = {}) {
   detail::orphans().sweep();
   detail::program_launch p(cmd, o);
   detail::launched l = detail::launch_exec(p.plan);

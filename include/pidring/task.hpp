@@ -294,6 +294,7 @@ task<std::vector<when_all_child<value_or_monostate<T>>>> when_all_vector(std::ve
 /// Awaits every task of the vector concurrently; results in the same order. If some fail, the
 /// first exception (in time) is rethrown after all have finished.
 template <class T>
+  requires(!std::is_void_v<T>)
 task<std::vector<T>> when_all(std::vector<task<T>> tasks) {
   auto children = co_await detail::when_all_vector(std::move(tasks));
   std::vector<T> out;
@@ -303,7 +304,8 @@ task<std::vector<T>> when_all(std::vector<task<T>> tasks) {
 }
 
 /// Awaits every task of the vector concurrently (rethrowing as above).
-inline task<void> when_all(std::vector<task<void>> tasks) {
+template <class = void>
+task<void> when_all(std::vector<task<void>> tasks) {
   co_await detail::when_all_vector(std::move(tasks));
 }
 
