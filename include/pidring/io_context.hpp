@@ -41,6 +41,20 @@ struct context_options {
 ///
 /// The same API runs on two backends (see backend()): io_uring, where every wait is a kernel
 /// operation, and epoll + pidfd for where io_uring is blocked. docs/design.md compares them.
+///
+/// **Cancellation contract**, the same on both backends. Every awaitable that waits takes a
+/// std::stop_token (an argument, or copy_options::stop / tree_options::stop); request_stop()
+/// may come from any thread. A stop is an *answer* where waiting is the whole point and an
+/// *error* where the operation has a result it could not finish:
+/// - child::wait(token): std::nullopt, the child keeps running (so does wait_for's timeout);
+/// - sleep_for(io, d, token): false (the time did not pass);
+/// - pipe_reader::read_into(out, token): false, what was read is in `out`;
+/// - pipe_reader::read_some(buf, token), pipe_writer::write_all(data, token): throw
+///   std::system_error(ECANCELED) "read from stdout of 'cat' (pid 7): cancelled";
+/// - copy_file, copy_range, copy_tree: throw ECANCELED after the current bounded call on the
+///   pool; a copy_file/copy_tree destination is left as it was, copy_range writes nothing more.
+/// A stop requested before the await takes effect at once. The awaiting coroutine resumes only
+/// once the operation has really ended, so no buffer is written after it moves on.
 class io_context {
  public:
   /// Sets up the backend. Throws std::system_error that says why if the chosen backend is
