@@ -47,10 +47,6 @@ copy_options with_method(copy_method m, unsigned parallelism = 0) {
   return o;
 }
 
-std::string who(const fs::path& a, const fs::path& b) {
-  return "copy_file '" + a.string() + "' -> '" + b.string() + "'";
-}
-
 constexpr copy_method data_methods[] = {copy_method::automatic, copy_method::copy_file_range,
                                         copy_method::read_write, copy_method::uring};
 
@@ -181,7 +177,7 @@ TEST_CASE("copy_file: every method copies byte for byte on tmpfs and across file
   // An explicit copy_file_range reports the EXDEV.
   copy_options cfr = with_method(copy_method::copy_file_range, 2);
   expect_error([&] { copy(shm / "src", disk / "dst3", cfr); }, EXDEV,
-               who(shm / "src", disk / "dst3") + ": copy_file_range");
+               who("copy_file", shm / "src", disk / "dst3") + ": copy_file_range");
   CHECK(entries(disk.path()) == std::vector<std::string>{"dst", "dst2"});
   fs::remove_all(shm);
 }
@@ -229,7 +225,7 @@ TEST_CASE("copy_file: explicit reflink where unsupported fails naming both paths
   } catch (const std::system_error& e) {
     INFO(e.what());
     CHECK(e.code().value() == EOPNOTSUPP);
-    CHECK(std::string(e.what()).find(who(dir / "src", dir / "dst") + ": FICLONE") == 0);
+    CHECK(std::string(e.what()).find(who("copy_file", dir / "src", dir / "dst") + ": FICLONE") == 0);
   }
   if (supported) SKIP("this file system supports reflinks");
   CHECK(entries(dir.path()) == std::vector<std::string>{"src"});
@@ -359,7 +355,7 @@ TEST_CASE("copy_file: an existing destination gives EEXIST without overwrite and
     for (copy_method m : data_methods) {
       copy_options o = with_method(m);
       expect_error([&] { copy(dir / "src", dir / "dst", o); }, EEXIST,
-                   who(dir / "src", dir / "dst") + ": destination exists");
+                   who("copy_file", dir / "src", dir / "dst") + ": destination exists");
       CHECK(test_util::read_file(dir / "dst") == "old contents");
     }
     // The old file is replaced, not rewritten: a reader holding it open still sees it whole.
@@ -399,7 +395,7 @@ TEST_CASE("copy_file: bad paths give clear errors naming the paths and leave not
   copy_options o;
   SECTION("missing source: ENOENT") {
     expect_error([&] { copy(dir / "nosuch", dir / "dst", o); }, ENOENT,
-                 who(dir / "nosuch", dir / "dst") + ": open source: No such file or directory");
+                 who("copy_file", dir / "nosuch", dir / "dst") + ": open source: No such file or directory");
   }
   SECTION("source is a directory: EISDIR") {
     fs::create_directory(dir / "d");
@@ -408,7 +404,7 @@ TEST_CASE("copy_file: bad paths give clear errors naming the paths and leave not
   SECTION("destination is a directory: EISDIR") {
     fs::create_directory(dir / "d");
     expect_error([&] { copy(dir / "src", dir / "d", o); }, EISDIR,
-                 who(dir / "src", dir / "d") + ": destination is a directory");
+                 who("copy_file", dir / "src", dir / "d") + ": destination is a directory");
     o.overwrite = true;
     expect_error([&] { copy(dir / "src", dir / "d", o); }, EISDIR, "destination is a directory");
   }
@@ -423,7 +419,7 @@ TEST_CASE("copy_file: bad paths give clear errors naming the paths and leave not
     for (const char* name : {"src", "hard", "soft"}) {
       CAPTURE(name);
       expect_error([&] { copy(dir / "src", dir / name, o); }, EINVAL,
-                   who(dir / "src", dir / name) + ": source and destination are the same file");
+                   who("copy_file", dir / "src", dir / name) + ": source and destination are the same file");
       CHECK(test_util::read_file(dir / "src") == "data");
     }
   }
@@ -518,7 +514,7 @@ TEST_CASE("copy_file: a full disk fails with ENOSPC, keeps the old destination a
         const fs::path src = cross ? elsewhere / "src" : d / "src";
         copy_options o = with_method(m, 2);
         o.overwrite = true;
-        expect_error([&] { copy(src, d / "dst", o); }, ENOSPC, who(src, d / "dst") + ": ");
+        expect_error([&] { copy(src, d / "dst", o); }, ENOSPC, who("copy_file", src, d / "dst") + ": ");
         CHECK(test_util::read_file(d / "dst") == "the old destination");
         CHECK(entries(d) == std::vector<std::string>{"dst", "src"});
       }
@@ -637,7 +633,7 @@ TEST_CASE("copy_file: a stop requested from on_progress cancels with ECANCELED a
           if (at_start || p.done > 0) stop.request_stop();
         };
         expect_error([&] { copy(dir / "src", dir / "new", o); }, ECANCELED,
-                     who(dir / "src", dir / "new") + ": cancelled");
+                     who("copy_file", dir / "src", dir / "new") + ": cancelled");
         expect_error([&] { copy(dir / "src", dir / "old", o); }, ECANCELED, "cancelled");
         CHECK(test_util::read_file(dir / "old") == "keep me");
         CHECK(entries(dir.path()) == std::vector<std::string>{"old", "src"});

@@ -43,10 +43,6 @@ pidring::tree_result copy_tree(const fs::path& from, const fs::path& to, const t
   return io.run(pidring::copy_tree(io, from, to, o));
 }
 
-std::string who(const fs::path& a, const fs::path& b) {
-  return "copy_tree '" + a.string() + "' -> '" + b.string() + "'";
-}
-
 // What a tree holds, by path below its root: type, permission bits, size, link target or
 // device, times, and which names share an inode (hard links).
 struct node {
@@ -287,7 +283,7 @@ TEST_CASE("copy_tree: overwrite exchanges an existing tree in one step and remov
   ::chmod((dir / "dst" / "old-sub").c_str(), 0500);  // removed even though not writable
   const int held = ::open((dir / "dst" / "old-file").c_str(), O_RDONLY | O_CLOEXEC);
   tree_options no;
-  expect_error([&] { copy_tree(dir / "src", dir / "dst", no); }, EEXIST, who(dir / "src", dir / "dst") + ": destination exists");
+  expect_error([&] { copy_tree(dir / "src", dir / "dst", no); }, EEXIST, who("copy_tree", dir / "src", dir / "dst") + ": destination exists");
   CHECK(test_util::read_file(dir / "dst" / "old-file") == "old contents");
   tree_options o;
   o.overwrite = true;
@@ -313,7 +309,7 @@ TEST_CASE("copy_tree: refused with a clear error and nothing made", "[copy_tree]
   tree_options o;
   SECTION("the source is not a directory: ENOTDIR") {
     expect_error([&] { copy_tree(dir / "file", dir / "dst", o); }, ENOTDIR,
-                 who(dir / "file", dir / "dst") + ": the source is not a directory");
+                 who("copy_tree", dir / "file", dir / "dst") + ": the source is not a directory");
   }
   SECTION("the source is missing: ENOENT") {
     expect_error([&] { copy_tree(dir / "nosuch", dir / "dst", o); }, ENOENT, ": open source: No such file or directory");
@@ -377,7 +373,7 @@ TEST_CASE("copy_tree: a stop midway leaves the destination absent, or the old tr
       tree_options o;
       o.overwrite = overwrite;
       o.stop = stop.get_token();
-      expect_error([&] { copy_tree(dir / "src", dir / "dst", o); }, ECANCELED, who(dir / "src", dir / "dst") + ": cancelled");
+      expect_error([&] { copy_tree(dir / "src", dir / "dst", o); }, ECANCELED, who("copy_tree", dir / "src", dir / "dst") + ": cancelled");
       CHECK(leftovers(dir.path()).empty());
       if (overwrite) {
         CHECK(entries(dir / "dst") == std::vector<std::string>{"old"});
@@ -410,7 +406,7 @@ TEST_CASE("copy_tree: a full disk (ENOSPC) names the file and leaves nothing beh
     tree_options o;
     o.overwrite = overwrite;
     const fs::path to = overwrite ? disk.path() / "dst" : disk.path() / "new";
-    const std::string what = expect_error([&] { copy_tree(dir / "src", to, o); }, ENOSPC, who(dir / "src", to) + ": ");
+    const std::string what = expect_error([&] { copy_tree(dir / "src", to, o); }, ENOSPC, who("copy_tree", dir / "src", to) + ": ");
     CHECK(what.find((dir / "src" / "a" / "f").string()) != std::string::npos);  // names the file
     CHECK(entries(disk.path()) == std::vector<std::string>{"dst"});
     CHECK(entries(disk.path() / "dst") == std::vector<std::string>{"old"});

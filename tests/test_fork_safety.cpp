@@ -34,6 +34,7 @@
 #include <system_error>
 #include <utility>
 
+#include "child_util.hpp"
 #include "test_safety_util.hpp"
 #include "test_util.hpp"
 
@@ -44,17 +45,12 @@ using safety::scenario_failure;
 
 namespace {
 
-pidring::task<std::optional<pidring::exit_status>> wait_at_most(pidring::child& c,
-                                                                std::chrono::nanoseconds d) {
-  co_return co_await c.wait_for(d);
-}
-
 // The status of a child, waited for at most 10 s (then killed: the test must not hang).
 pidring::exit_status finish(pidring::io_context& io, pidring::child& c) {
-  auto st = io.run(wait_at_most(c, 10s));
+  auto st = io.run(test_util::wait_at_most(c, 10s));
   if (st) return *st;
   c.kill();
-  io.run(wait_at_most(c, 10s));
+  io.run(test_util::wait_at_most(c, 10s));
   throw scenario_failure("the child (pid " + std::to_string(c.pid()) + ") did not end within 10 s");
 }
 
@@ -230,7 +226,7 @@ TEST_CASE("safety: a callable child has its own thread id: gettid() == getpid() 
     ::pthread_mutex_unlock(&m);
     return bad;
   });
-  const auto st = io.run(wait_at_most(c, 10s));
+  const auto st = io.run(test_util::wait_at_most(c, 10s));
   REQUIRE(st);
   INFO("exit code bits: 1 gettid != getpid, 2 getpid is the parent's, 4 gettid is the parent's, "
        "8 a mutex locked in the child names another thread as its owner; got "
@@ -251,7 +247,7 @@ TEST_CASE("safety: a robust mutex held by a callable child that exits gives the 
   {
     pidring::io_context io;
     pidring::child c = pidring::spawn(io, [m] { return ::pthread_mutex_lock(m); });  // exits holding it
-    const auto st = io.run(wait_at_most(c, 10s));
+    const auto st = io.run(test_util::wait_at_most(c, 10s));
     REQUIRE(st);
     REQUIRE(st->code() == 0);
   }
@@ -356,7 +352,7 @@ TEST_CASE("safety: stdio::fd naming a closed fd is EBADF even when a stdio pipe 
   if (c) {
     c->in().close();
     c->kill();
-    io.run(wait_at_most(*c, 10s));
+    io.run(test_util::wait_at_most(*c, 10s));
   }
   INFO(a.describe() << (c ? "; spawn returned a child whose stdout is its own stdin" : ""));
   CHECK(a.err == EBADF);
@@ -377,7 +373,7 @@ TEST_CASE("safety: a NUL byte in a callable's cwd or name, or in a copy_file pat
     o.cwd = std::filesystem::path("/tmp\0/no-such-dir"s);
     std::optional<pidring::child> c;
     const attempt a = attempt_of([&] { c.emplace(pidring::spawn(io, o, [] { return 0; })); });
-    if (c) io.run(wait_at_most(*c, 10s));
+    if (c) io.run(test_util::wait_at_most(*c, 10s));
     INFO(a.describe() << (c ? "; a child was started in the truncated cwd /tmp" : ""));
     CHECK(a.err == EINVAL);
     CHECK_THAT(a.what, ContainsSubstring("cwd"));
@@ -387,7 +383,7 @@ TEST_CASE("safety: a NUL byte in a callable's cwd or name, or in a copy_file pat
     o.name = "worker\0evil"s;
     std::optional<pidring::child> c;
     const attempt a = attempt_of([&] { c.emplace(pidring::spawn(io, o, [] { return 0; })); });
-    if (c) io.run(wait_at_most(*c, 10s));
+    if (c) io.run(test_util::wait_at_most(*c, 10s));
     INFO(a.describe());
     CHECK(a.err == EINVAL);
     CHECK_THAT(a.what, ContainsSubstring("name"));
@@ -572,7 +568,7 @@ TEST_CASE("safety: pass_fds naming fd 0 together with in = stdio::null() is EINV
   std::optional<pidring::child> c;
   SECTION("callable") {
     const attempt a = attempt_of([&] { c.emplace(pidring::spawn(io, o, [] { return 0; })); });
-    if (c) io.run(wait_at_most(*c, 10s));
+    if (c) io.run(test_util::wait_at_most(*c, 10s));
     INFO(a.describe());
     CHECK(a.err == EINVAL);
     CHECK_THAT(a.what, ContainsSubstring("pass_fds"));
@@ -580,7 +576,7 @@ TEST_CASE("safety: pass_fds naming fd 0 together with in = stdio::null() is EINV
   SECTION("program") {
     pidring::command t{"true"};
     const attempt a = attempt_of([&] { c.emplace(pidring::spawn(io, t, o)); });
-    if (c) io.run(wait_at_most(*c, 10s));
+    if (c) io.run(test_util::wait_at_most(*c, 10s));
     INFO(a.describe());
     CHECK(a.err == EINVAL);
     CHECK_THAT(a.what, ContainsSubstring("pass_fds"));

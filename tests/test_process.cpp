@@ -11,6 +11,7 @@
 #include <catch2/generators/catch_generators.hpp>
 #include <catch2/matchers/catch_matchers_string.hpp>
 
+#include "child_util.hpp"
 #include "test_util.hpp"
 #include "wait_paths.hpp"
 
@@ -578,10 +579,8 @@ TEST_CASE("exit_status from waitpid and waitid forms", "[process]") {
   CHECK(pidring::exit_status::from_siginfo(info) == pidring::exit_status::from_wait_status(SIGABRT | 0x80));
 }
 
-void count_sigchld(int) {}
-
 TEST_CASE("pidring needs no SIGCHLD and leaves its disposition alone", "[process]") {
-  for (auto handler : {SIG_IGN, SIG_DFL, &count_sigchld}) {
+  for (auto handler : {SIG_IGN, SIG_DFL, &test_util::count_sigchld}) {
     struct sigaction set {}, old {}, after {};
     set.sa_handler = handler;
     ::sigaction(SIGCHLD, &set, &old);

@@ -23,6 +23,7 @@
 #include <utility>
 #include <vector>
 
+#include "child_util.hpp"
 #include "test_reliability_util.hpp"
 #include "test_util.hpp"
 
@@ -98,10 +99,8 @@ pidring::task<void> run_with_pipes(pidring::io_context& io) {
   expect(r.status.success() && r.out == "through the pipes", "run(cat) echoes its input");
 }
 
-int exit_with(int code) { return code; }
-
 pidring::task<void> spawn_callable(pidring::io_context& io) {
-  pidring::child c = pidring::spawn(io, exit_with, 3);
+  pidring::child c = pidring::spawn(io, test_util::exit_with, 3);
   const auto st = co_await c.wait();
   expect(st.code() == 3, "the callable child exits with 3");
 }
@@ -371,7 +370,7 @@ void pids_scenario(const std::string& cgroup, int limit) {
          "a refused spawn leaves no fd behind, only the running children's pidfds");
   // A callable and run() are refused the same way.
   const std::string callable_msg = reliability::expect_system_error(
-      EAGAIN, [&] { pidring::child c = pidring::spawn(io, exit_with, 1); }, "spawn of a callable at the limit");
+      EAGAIN, [&] { pidring::child c = pidring::spawn(io, test_util::exit_with, 1); }, "spawn of a callable at the limit");
   expect(contains(callable_msg, ": fork"), "the callable's message names fork: " + callable_msg);
   pidring::command echo{"/bin/echo", "hi"};
   reliability::expect_system_error(
@@ -382,7 +381,7 @@ void pids_scenario(const std::string& cgroup, int limit) {
   for (auto& st : io.run(kill_and_wait_all(running)))
     expect(st.signaled() && st.signal() == SIGKILL, "the sleepers were killed: " + st.to_string());
   running.clear();
-  pidring::child again = pidring::spawn(io, exit_with, 5);
+  pidring::child again = pidring::spawn(io, test_util::exit_with, 5);
   io.run(wait_one(again, 5));
   expect(test_util::child_pids().empty(), "no child is left");
   expect(test_util::open_fds() == base, "no fd is left");
@@ -400,14 +399,6 @@ TEST_CASE("reliability: at a cgroup pids.max limit, spawn fails with EAGAIN, lea
 }
 
 // ---- a tiny submission queue under 10,000 concurrent waits ------------------------------------
-
-pidring::task<pidring::exit_status> wait_task(pidring::child& c) { co_return co_await c.wait(); }
-
-pidring::task<pidring::exit_status> open_gate(int& gate_fd) {
-  // Runs after every wait has been submitted (when_all starts its tasks in order).
-  ::close(std::exchange(gate_fd, -1));
-  co_return pidring::exit_status::from_wait_status(0);
-}
 
 // Children that block on `gate` (their stdin) and exit with i % 100 once it is closed.
 std::vector<pidring::child> gated_children(pidring::io_context& io, int gate_read, std::size_t n) {
@@ -435,8 +426,8 @@ TEST_CASE("reliability: 10,000 concurrent waits through an 8-entry submission qu
   ::close(gate[0]);
   std::vector<pidring::task<pidring::exit_status>> waits;
   for (std::size_t w = 0; w < waiters_per_child; ++w)
-    for (auto& c : cs) waits.push_back(wait_task(c));
-  waits.push_back(open_gate(gate[1]));
+    for (auto& c : cs) waits.push_back(test_util::wait_task(c));
+  waits.push_back(test_util::open_gate(gate[1]));
   const auto statuses = io.run(pidring::when_all(std::move(waits)));
   REQUIRE(statuses.size() == children * waiters_per_child + 1);
   std::size_t wrong = 0;
@@ -519,13 +510,10 @@ TEST_CASE("reliability: io_uring_setup missing (ENOSYS): backend::io_uring throw
   REQUIRE(r.ok());
 }
 
-volatile sig_atomic_t sigchld_seen = 0;
-void count_sigchld(int) { sigchld_seen = sigchld_seen + 1; }
-
 pidring::task<void> spawn_everything(pidring::io_context& io) {
   pidring::command sh{"/bin/sh", "-c", "exit 7"};
   pidring::child a = pidring::spawn(io, sh);
-  pidring::child b = pidring::spawn(io, exit_with, 9);
+  pidring::child b = pidring::spawn(io, test_util::exit_with, 9);
   pidring::command sleeper{"/bin/sleep", "60"};
   pidring::child c = pidring::spawn(io, sleeper);
   expect(a.pidfd() >= 0 && b.pidfd() >= 0 && c.pidfd() >= 0, "every child has a pidfd");
@@ -566,7 +554,7 @@ TEST_CASE("reliability: with clone3 refused (ENOSYS) by seccomp, spawn works (pi
           "[reliability]") {
   const auto r = reliability::run_isolated([] {
     struct sigaction sa {};
-    sa.sa_handler = count_sigchld;
+    sa.sa_handler = test_util::count_sigchld;
     ::sigaction(SIGCHLD, &sa, nullptr);
     reliability::deny_syscall(SYS_clone3, ENOSYS);
     for (bool waitid_op : {true, false}) {

@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "child_util.hpp"
 #include "test_reliability_util.hpp"
 #include "test_util.hpp"
 
@@ -36,9 +37,8 @@ long threads_now() {
   return at == std::string::npos ? 0 : std::atol(status.c_str() + at + 8);
 }
 
-pidring::task<pidring::exit_status> wait_task(pidring::child& c) { co_return co_await c.wait(); }
-
-pidring::task<pidring::exit_status> open_gate(int& fd, long& rss_waiting, long& threads_waiting) {
+// test_util::open_gate that also notes this process's memory and threads at that moment.
+pidring::task<pidring::exit_status> measure_and_open_gate(int& fd, long& rss_waiting, long& threads_waiting) {
   // Runs after every wait has been submitted (when_all starts its tasks in order).
   rss_waiting = resident_kib();
   threads_waiting = threads_now();
@@ -83,8 +83,8 @@ load_report many_children(std::size_t n, std::chrono::seconds budget) {
   expect(test_util::child_pids().size() == n, "all " + std::to_string(n) + " children are alive at once");
   std::vector<pidring::task<pidring::exit_status>> waits;
   waits.reserve(n + 1);
-  for (auto& c : cs) waits.push_back(wait_task(c));
-  waits.push_back(open_gate(gate[1], rep.rss_waiting, rep.threads_waiting));
+  for (auto& c : cs) waits.push_back(test_util::wait_task(c));
+  waits.push_back(measure_and_open_gate(gate[1], rep.rss_waiting, rep.threads_waiting));
   const auto statuses = io.run(pidring::when_all(std::move(waits)));
   const auto t2 = std::chrono::steady_clock::now();
   for (std::size_t i = 0; i < n; ++i)

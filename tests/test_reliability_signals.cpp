@@ -17,6 +17,7 @@
 #include <utility>
 #include <vector>
 
+#include "child_util.hpp"
 #include "test_reliability_util.hpp"
 #include "test_util.hpp"
 
@@ -48,19 +49,6 @@ bool has_ended(pid_t pid) {
   return false;
 }
 
-int exit_with(int code) { return code; }
-
-pidring::task<void> open_gate(int& fd) {
-  ::close(std::exchange(fd, -1));
-  co_return;
-}
-
-pidring::task<pidring::exit_status> wait_task(pidring::child& c) { co_return co_await c.wait(); }
-pidring::task<std::optional<pidring::exit_status>> wait_for_task(pidring::child& c,
-                                                                  std::chrono::nanoseconds d) {
-  co_return co_await c.wait_for(d);
-}
-
 TEST_CASE("reliability: a child killed between spawn and the first wait is reported as killed",
           "[reliability]") {
   pidring::io_context io;
@@ -69,21 +57,21 @@ TEST_CASE("reliability: a child killed between spawn and the first wait is repor
     pidring::child c = pidring::spawn(io, sleeper);
     c.kill(SIGKILL);
     REQUIRE(becomes_zombie(c.pid()));
-    const auto st = io.run(wait_task(c));
+    const auto st = io.run(test_util::wait_task(c));
     CHECK(st.signal() == SIGKILL);
   }
   SECTION("killed by someone else (kill(2) on the pid), before any wait was submitted") {
     pidring::child c = pidring::spawn(io, sleeper);
     REQUIRE(::kill(c.pid(), SIGTERM) == 0);
     REQUIRE(becomes_zombie(c.pid()));
-    const auto st = io.run(wait_task(c));
+    const auto st = io.run(test_util::wait_task(c));
     CHECK(st.signal() == SIGTERM);
     CHECK(st.to_string() == "killed by signal 15 (SIGTERM)");
   }
   SECTION("killed at once, with no time to exec") {
     pidring::child c = pidring::spawn(io, sleeper);
     c.kill();
-    const auto st = io.run(wait_task(c));
+    const auto st = io.run(test_util::wait_task(c));
     CHECK(st.signal() == SIGKILL);
   }
 }
@@ -97,13 +85,13 @@ TEST_CASE("reliability: a child that exits before wait_for is called gives its s
   pidring::child c = pidring::spawn(io, sh);
   REQUIRE(becomes_zombie(c.pid()));
   const auto start = std::chrono::steady_clock::now();
-  const auto st = io.run(wait_for_task(c, 30s));
+  const auto st = io.run(test_util::wait_at_most(c, 30s));
   CHECK(std::chrono::steady_clock::now() - start < 10s);
   REQUIRE(st);
   CHECK(st->code() == 4);
   // Later waits give the same status (cached), whatever the timeout.
-  CHECK(io.run(wait_for_task(c, 0ns)) == st);
-  CHECK(io.run(wait_task(c)) == *st);
+  CHECK(io.run(test_util::wait_at_most(c, 0ns)) == st);
+  CHECK(io.run(test_util::wait_task(c)) == *st);
 }
 
 struct sigaction current_sigchld() {
@@ -123,7 +111,7 @@ pidring::task<void> mixed_children(pidring::io_context& io) {
   pidring::command sh{"/bin/sh", "-c", "exit 3"};
   pidring::command sleeper{"/bin/sleep", "60"};
   pidring::child a = pidring::spawn(io, sh);
-  pidring::child b = pidring::spawn(io, exit_with, 5);
+  pidring::child b = pidring::spawn(io, test_util::exit_with, 5);
   pidring::child c = pidring::spawn(io, sleeper);
   pidring::child d = pidring::spawn(io, sh);
   REQUIRE(has_ended(d.pid()));  // a zombie, or gone if the kernel reaped it
@@ -193,7 +181,7 @@ pid_t reap_one_elsewhere() {
 // the status from it; older kernels report ECHILD naming the child.
 void check_lost_or_recovered(pidring::io_context& io, pidring::child& c, int code) {
   try {
-    const auto st = io.run(wait_for_task(c, 30s));
+    const auto st = io.run(test_util::wait_at_most(c, 30s));
     REQUIRE(st);  // never a hang, never "still running"
     CHECK(st->code() == code);
   } catch (const std::system_error& e) {
@@ -228,7 +216,7 @@ TEST_CASE("reliability: a child reaped by waitid(P_ALL, __WALL) elsewhere in the
     std::optional<pidring::exit_status> st;
     std::optional<std::string> error;
     try {
-      st = std::get<0>(io.run(pidring::when_all(wait_for_task(c, 30s), open_gate(gate[1]))));
+      st = std::get<0>(io.run(pidring::when_all(test_util::wait_at_most(c, 30s), test_util::open_gate(gate[1]))));
     } catch (const std::system_error& e) {
       error = e.what();
       CHECK(e.code().value() == ECHILD);

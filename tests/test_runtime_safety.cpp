@@ -39,6 +39,7 @@
 #include <thread>
 #include <vector>
 
+#include "child_util.hpp"
 #include "test_safety_util.hpp"
 #include "test_util.hpp"
 
@@ -47,11 +48,6 @@ using safety::expect;
 using safety::scenario_failure;
 
 namespace {
-
-pidring::task<std::optional<pidring::exit_status>> wait_at_most(pidring::child& c,
-                                                                std::chrono::nanoseconds d) {
-  co_return co_await c.wait_for(d);
-}
 
 // Timed waits of every kind on `io`: wait_for that times out, wait_for that sees the end,
 // sleep_for; then one kill_on_drop child is left running for the context's end to reap.
@@ -248,7 +244,7 @@ TEST_CASE("runtime: a wait(stop_token) whose set-up fails (RLIMIT_NOFILE exhaust
     const int err = io.run(stoppable());
     for (int fd : fillers) ::close(fd);
     expect(err == 0 || err == EMFILE, "wait(stop_token) works or fails with EMFILE, got errno " + std::to_string(err));
-    const auto st = io.run(wait_at_most(c, 10s));
+    const auto st = io.run(test_util::wait_at_most(c, 10s));
     expect(st && st->code() == 5, "the child is reaped with code 5");
     expect(c.pidfd() == -1, "the handle has no pidfd once reaped");
     const bool still_open = ::fcntl(pidfd, F_GETFD) != -1;

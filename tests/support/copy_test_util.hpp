@@ -22,6 +22,7 @@
 #include <cstring>
 #include <filesystem>
 #include <string>
+#include <string_view>
 #include <system_error>
 #include <vector>
 
@@ -71,6 +72,11 @@ inline std::vector<std::string> entries(const fs::path& dir) {
   for (const auto& e : fs::directory_iterator(dir)) names.push_back(e.path().filename().string());
   std::sort(names.begin(), names.end());
   return names;
+}
+
+// How the copier's errors begin: "copy_file 'a' -> 'b'" (op: copy_file or copy_tree).
+inline std::string who(std::string_view op, const fs::path& a, const fs::path& b) {
+  return std::string(op) + " '" + a.string() + "' -> '" + b.string() + "'";
 }
 
 // Runs `f`, which must throw std::system_error with `err` and a message containing `part`.

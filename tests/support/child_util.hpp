@@ -1,0 +1,50 @@
+// Small coroutines and callables for tests that spawn children, shared so that no two test files
+// define the same helper (pidring_tests is a unity build: test files are compiled together, and
+// two copies of a helper in anonymous namespaces would collide).
+//
+//   #include "child_util.hpp"
+//   auto st = io.run(test_util::wait_task(c));                // the child's exit_status
+//   auto maybe = io.run(test_util::wait_at_most(c, 10s));     // nullopt if it has not ended
+//   io.run(pidring::when_all(std::move(waits_then_gate)));    // ... test_util::open_gate(fd) last
+//   pidring::spawn(io, test_util::exit_with, 3);              // a callable child that exits 3
+#pragma once
+
+#include <pidring/child.hpp>
+#include <pidring/exit_status.hpp>
+#include <pidring/task.hpp>
+
+#include <unistd.h>
+
+#include <chrono>
+#include <csignal>
+#include <optional>
+#include <utility>
+
+namespace test_util {
+
+// The child's status, as a task (for io.run or when_all).
+inline pidring::task<pidring::exit_status> wait_task(pidring::child& c) { co_return co_await c.wait(); }
+
+// The child's status, or nullopt if it has not ended within `d`.
+inline pidring::task<std::optional<pidring::exit_status>> wait_at_most(pidring::child& c,
+                                                                       std::chrono::nanoseconds d) {
+  co_return co_await c.wait_for(d);
+}
+
+// Closes `gate_fd` (the write end of a pipe that children block on as their stdin) and sets it
+// to -1. Put last in a when_all: when_all starts its tasks in order, so every wait before it has
+// been submitted when the gate opens. Its status is a dummy (0) so that it fits in a vector of
+// wait_task()s.
+inline pidring::task<pidring::exit_status> open_gate(int& gate_fd) {
+  ::close(std::exchange(gate_fd, -1));
+  co_return pidring::exit_status::from_wait_status(0);
+}
+
+// A callable child: spawn(io, test_util::exit_with, code).
+inline int exit_with(int code) { return code; }
+
+// A SIGCHLD handler that is neither SIG_IGN nor SIG_DFL; counts the signals it sees.
+inline volatile sig_atomic_t sigchld_seen = 0;
+inline void count_sigchld(int) { sigchld_seen = sigchld_seen + 1; }
+
+}  // namespace test_util
