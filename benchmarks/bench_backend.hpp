@@ -17,7 +17,10 @@ inline void show_backend(const pidring::io_context& io) {
   const char* name = io.backend() == pidring::backend::epoll      ? "epoll"
                      : io.backend() == pidring::backend::io_uring ? "io_uring"
                                                                   : "automatic";
-  std::fprintf(stderr, "pidring-backend: %s%s\n", name, io.has_waitid_op() ? " waitid" : "");
+  // "waitid": child waits are IORING_OP_WAITID (the kernel has it and the options allow it);
+  // otherwise the io_uring backend polls the pidfd.
+  const bool waitid = io.has_waitid_op() && io.options().use_waitid_op;
+  std::fprintf(stderr, "pidring-backend: %s%s\n", name, waitid ? " waitid" : "");
 }
 
 }  // namespace bench
