@@ -17,10 +17,12 @@ or =epoll in its environment, and every such run must say on stderr which backen
 io_context really used (PIDRING_BENCH_SHOW_BACKEND=1), or the run stops.
 
 Before every round (the warm-up included) an idle gate waits until the 1-minute load average is
-below --idle-load, for at most --idle-timeout seconds (and --idle-budget in all); a round that
-starts above the threshold is recorded as taken under load. The load average, the time waited
-and the machine's CPU use in the --idle-sample seconds just before each round (when this script
-and its children are idle, so: other people's work) are kept in the results for every round.
+below --idle-load, or, since that average still carries this script's own previous round, until
+the run queue itself (everyone else's runnable tasks) has stayed below --idle-runq for 10 s; for
+at most --idle-timeout seconds per round (and --idle-budget in all): a round that starts on the
+timeout is recorded as taken under load. The load average, the time waited, what opened the
+gate, and the machine's CPU use and run queue in the --idle-sample seconds just before each round
+(when this script and its children are idle, so: other people's work) are kept in the results.
 """
 
 import argparse
@@ -112,30 +114,54 @@ def load1():
         return float(f.read().split()[0])
 
 
-def cpu_times():
-    """(idle, total) jiffies of all CPUs, and the number of tasks running right now."""
-    idle = total = running = 0
+def proc_stat():
+    """(idle, total) jiffies of all CPUs, and the tasks runnable (this one included) or blocked
+    in uninterruptible sleep right now: what the kernel's load average counts."""
+    idle = total = runq = 0
     with open("/proc/stat") as f:
         for line in f:
             if line.startswith("cpu "):
                 v = [int(x) for x in line.split()[1:]]
                 idle, total = v[3] + v[4], sum(v[:8])  # idle + iowait; steal included in total
-            elif line.startswith("procs_running"):
-                running = int(line.split()[1])
-    return idle, total, running
+            elif line.startswith(("procs_running", "procs_blocked")):
+                runq += int(line.split()[1])
+    return idle, total, runq
+
+
+def others_activity(seconds, every=0.1):
+    """While this script and its children are idle: the machine's CPU use (0-1) and the mean
+    number of tasks runnable or in D state (this script excluded) over `seconds`: everyone
+    else's load, now, without the load average's minute of memory."""
+    i0, t0, _ = proc_stat()
+    qs = []
+    end = time.monotonic() + seconds
+    while True:
+        qs.append(proc_stat()[2] - 1)
+        if time.monotonic() >= end:
+            break
+        time.sleep(every)
+    i1, t1, _ = proc_stat()
+    busy = 1.0 - (i1 - i0) / (t1 - t0) if t1 > t0 else None
+    return busy, statistics.mean(qs)
 
 
 class IdleGate:
     """Waits for an idle machine before each round and records the load every round started at.
 
-    The 1-minute load average is the gate (it includes the tail of this script's own previous
-    round: after 64 children in flight it can take a minute to fall back). Waiting stops after
-    `timeout` seconds for one round or once `budget` seconds were spent waiting in all; the round
-    then runs anyway and is marked under_load. The CPU use sampled over `sample` seconds right
-    before the round, while nothing of ours runs, is what everyone else was doing."""
+    A round starts once the 1-minute load average is below `threshold`. That average remembers
+    the last minute, this script's own previous round included: 64 children exec'ing at once
+    push it far above 100 here, and it then needs minutes to decay on a machine nobody else uses.
+    So while it waits, the gate also watches the run queue itself (tasks runnable or in D state,
+    this script excluded, sampled every 0.1 s in windows of `poll` seconds: nothing of ours runs
+    between rounds, so that is everyone else's load, now); two windows in a row with a mean below
+    `runq` (0: never) also open the gate. Waiting stops after `timeout` seconds for one round or
+    once `budget` seconds were spent waiting in all: the round then runs anyway and is recorded
+    as under load. Before every round the CPU use and run queue of the last `sample` seconds are
+    recorded too."""
 
-    def __init__(self, threshold, timeout, budget, sample, poll=5.0):
-        self.threshold, self.timeout, self.budget, self.sample, self.poll = threshold, timeout, budget, sample, poll
+    def __init__(self, threshold, runq, timeout, budget, sample, poll=5.0):
+        self.threshold, self.runq, self.timeout, self.budget = threshold, runq, timeout, budget
+        self.sample, self.poll = sample, poll
         self.waited = 0.0
         self.rounds = {}
 
@@ -145,36 +171,44 @@ class IdleGate:
     def wait(self, key):
         t0 = time.monotonic()
         l1 = load1()
-        said = False
-        while l1 >= self.threshold:
+        reason = "load" if l1 < self.threshold else None
+        calm = 0
+        q = None
+        while reason is None:
             waited = time.monotonic() - t0
             if waited >= self.timeout or self.waited + waited >= self.budget:
+                reason = "timeout"
                 break
-            if not said:
+            if q is None:
                 log(f"    idle gate: load average {l1:.2f} >= {self.threshold}; waiting (at most "
                     f"{min(self.timeout, self.budget - self.waited):.0f} s)")
-                said = True
-            time.sleep(self.poll)
+            _, q = others_activity(min(self.poll, max(0.5, self.timeout - waited)))
             l1 = load1()
+            if l1 < self.threshold:
+                reason = "load"
+            elif self.runq > 0 and q < self.runq:
+                calm += 1
+                if calm >= 2:
+                    reason = "run queue"
+            else:
+                calm = 0
         waited = time.monotonic() - t0
         self.waited += waited
-        busy = running = None
+        busy = runq = None
         if self.sample > 0:
-            i0, t0_, _ = cpu_times()
-            time.sleep(self.sample)
-            i1, t1_, running = cpu_times()
-            busy = 1.0 - (i1 - i0) / (t1_ - t0_) if t1_ > t0_ else None
-            running -= 1  # this script, reading /proc/stat
-        rec = {"load": loadavg(), "load1": l1, "waited_s": round(waited, 1), "under_load": l1 >= self.threshold,
-               "cpu_busy": None if busy is None else round(busy, 3), "running": running}
-        if said or rec["under_load"]:
-            log(f"    idle gate: round starts at load {l1:.2f} after {waited:.0f} s"
-                + (" (UNDER LOAD: timeout)" if rec["under_load"] else ""))
+            busy, runq = others_activity(self.sample)
+        rec = {"load": loadavg(), "load1": l1, "waited_s": round(waited, 1), "gate": reason,
+               "under_load": reason == "timeout", "cpu_busy": None if busy is None else round(busy, 3),
+               "runq": None if runq is None else round(runq, 2)}
+        if q is not None or reason == "timeout":
+            why = ("below the threshold" if reason == "load" else "UNDER LOAD (timeout)" if reason == "timeout"
+                   else f"run queue idle ({q:.2f} tasks; the average is still falling)")
+            log(f"    idle gate: round starts after {waited:.0f} s at load average {l1:.2f}, {why}")
         self.rounds.setdefault(key, []).append(rec)
         return rec
 
 
-GATE = IdleGate(1.5, 180, 3600, 0.5)
+GATE = IdleGate(1.5, 1.5, 180, 3600, 0.5)
 
 
 # --------------------------------------------------------------------------------------------
@@ -769,6 +803,11 @@ def main():
     ap.add_argument("--idle-load", type=float, default=1.5,
                     help="idle gate: before every round, wait until the 1-minute load average is below this "
                          "(default 1.5, for 2 cores; 0 never waits)")
+    ap.add_argument("--idle-runq", type=float, default=None,
+                    help="idle gate: also start a round once the run queue (tasks runnable or in D state, this "
+                         "script excluded) has averaged below this for two 5 s windows, however high the load "
+                         "average still is from the benchmark's own previous round (default: --idle-load; "
+                         "0: only the load average opens the gate)")
     ap.add_argument("--idle-timeout", type=float, default=180,
                     help="idle gate: seconds to wait for one round before running it anyway, marked as taken "
                          "under load (default 180)")
@@ -792,7 +831,8 @@ def main():
     R["git"] = a.git
     R["config"] = {k: v for k, v in vars(a).items() if k not in ("results", "git")}
     global GATE
-    GATE = IdleGate(a.idle_load if a.idle_load > 0 else float("inf"), a.idle_timeout, a.idle_budget, a.idle_sample)
+    GATE = IdleGate(a.idle_load if a.idle_load > 0 else float("inf"),
+                    a.idle_load if a.idle_runq is None else a.idle_runq, a.idle_timeout, a.idle_budget, a.idle_sample)
     if "PIDRING_BACKEND" in os.environ:
         # Only the targets named after a backend choose one; the rest run on the default.
         log(f"compare: ignoring PIDRING_BACKEND={os.environ.pop('PIDRING_BACKEND')} for the targets "
@@ -804,11 +844,13 @@ def main():
     os.makedirs(os.path.dirname(os.path.abspath(a.results)), exist_ok=True)
     t0 = time.time()
     for name in only:
+        tw = time.time()
         globals()[f"w_{name}"](a, R)
+        R.setdefault("durations_s", {})[name] = round(time.time() - tw)
         R.setdefault("rounds", {}).update(GATE.rounds)
         R.setdefault("backends_seen", {}).update(SEEN)
-        R["idle_gate"] = {"load": a.idle_load, "timeout_s": a.idle_timeout, "budget_s": a.idle_budget,
-                          "sample_s": a.idle_sample, "waited_s": round(GATE.waited, 1)}
+        R["idle_gate"] = {"load": a.idle_load, "runq": GATE.runq, "timeout_s": a.idle_timeout,
+                          "budget_s": a.idle_budget, "sample_s": a.idle_sample, "waited_s": round(GATE.waited, 1)}
         with open(a.results, "w") as f:
             json.dump(R, f, indent=1)
     R["load_after"] = loadavg()
