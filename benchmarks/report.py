@@ -442,7 +442,7 @@ def document(R, plots, notes, doc):
                                  f"{fmt(ratio(sp[k][peer], sp[k].get(EPOLL)))}×)"
                                  if sp[k].get(peer) else "n/a" for k in ("1", "64")],
                          cpu_of("1", peer), cpu_of("64", peer)))
-        L.append(md_table(["Program", "1 in flight (pidring ×)", "64 in flight (pidring ×)",
+        L.append(md_table(["Program", "1 in flight (× io_uring / × epoll)", "64 in flight (× io_uring / × epoll)",
                            "parent CPU per child, 1", "parent CPU per child, 64"], rows))
         L.append("")
         if "spawn" in plots:
