@@ -386,10 +386,11 @@ def document(R, plots, notes, doc):
     if rows13:
         L.append("## Both backends (issue 13)\n")
         L.append("Ratios are \"times as fast as the peer\" (above 1: pidring is faster) except the latency "
-                 "(pidring's over waitpid's: below 1 is better). The first target of each workload is the epoll "
-                 "backend's; the io_uring column is there to compare with (its own targets, from issue 8, are in "
-                 "the next table) except for run(cat), whose targets hold for both. The last column is the "
-                 "highest 1-minute load average any round of the workload started at.\n")
+                 "(pidring's over waitpid's: below 1 is better). A target that starts with \"epoll\" is issue "
+                 "13's for the epoll backend, and the io_uring column beside it is there to compare with (the "
+                 "io_uring backend's own targets, from issue 8, are in the next table); the waiting children's "
+                 "and run(cat)'s targets hold for both backends. The last column is the highest 1-minute load "
+                 "average any round of the workload started at, and how many rounds started under load.\n")
         L.append(md_table(["Workload", "Measure", "io_uring", "epoll", "Target", "io_uring verdict",
                            "epoll verdict", "max load₁"],
                           [(w, m_, a, b, t, verdict13(va), verdict13(vb), ld)
