@@ -3,9 +3,12 @@
 // SAMPLES children in microseconds.
 //
 //   bench_exit_latency MODE SAMPLES
-//   MODE: pidring-waitid | pidring-poll (a coroutine awaiting child::wait())
+//   MODE: pidring | pidring-waitid | pidring-poll (a coroutine awaiting child::wait(); pidring:
+//         the default options, on the backend PIDRING_BACKEND picks; -waitid insists on
+//         IORING_OP_WAITID, exit 3 without it; -poll never uses it)
 //         waitpid (the thread blocked in waitpid) | epoll-pidfd (epoll_wait on a pidfd, then waitid)
 
+#include "bench_backend.hpp"
 #include "bench_common.hpp"
 
 #include <pidring/io_context.hpp>
@@ -61,7 +64,7 @@ pid_t fork_child() {
 
 int main(int argc, char** argv) {
   if (argc < 3) {
-    std::fprintf(stderr, "usage: %s pidring-waitid|pidring-poll|waitpid|epoll-pidfd SAMPLES\n", argv[0]);
+    std::fprintf(stderr, "usage: %s pidring|pidring-waitid|pidring-poll|waitpid|epoll-pidfd SAMPLES\n", argv[0]);
     return 2;
   }
   const std::string mode = argv[1];
@@ -72,11 +75,12 @@ int main(int argc, char** argv) {
   std::vector<double> lat;
   lat.reserve(n);
 
-  if (mode == "pidring-waitid" || mode == "pidring-poll") {
-    const bool waitid = mode == "pidring-waitid";
-    pidring::io_context io(pidring::context_options{.entries = 256, .use_waitid_op = waitid});
-    if (waitid && !io.has_waitid_op()) return 3;
+  if (mode == "pidring" || mode == "pidring-waitid" || mode == "pidring-poll") {
+    pidring::io_context io(
+        pidring::context_options{.entries = 256, .use_waitid_op = mode != "pidring-poll"});
+    if (mode == "pidring-waitid" && !io.has_waitid_op()) return 3;
     io.run(pidring_samples(io, n, lat));
+    bench::show_backend(io);
   } else if (mode == "waitpid") {
     for (unsigned long i = 0; i < n; ++i) {
       pid_t pid = fork_child();

@@ -6,6 +6,7 @@
 //
 // Prints: <VmRSS growth per child in bytes> <Threads while waiting> <Threads before>
 
+#include "bench_backend.hpp"
 #include "bench_common.hpp"
 
 #include <pidring/io_context.hpp>
@@ -63,6 +64,7 @@ int main(int argc, char** argv) {
   pidring::io_context io(pidring::context_options{.entries = 256, .use_waitid_op = waitid});
   sample s;
   io.run(all(io, n, s));
+  bench::show_backend(io);
   std::printf("%.1f %ld %ld\n", static_cast<double>(s.rss_kb_during - s.rss_kb_before) * 1024.0 / n,
               s.threads_during, s.threads_before);
   return 0;

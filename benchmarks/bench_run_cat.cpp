@@ -2,6 +2,7 @@
 //
 //   bench_run_cat MIB
 
+#include "bench_backend.hpp"
 #include "bench_common.hpp"
 
 #include <pidring/io_context.hpp>
@@ -30,6 +31,7 @@ int main(int argc, char** argv) {
   pidring::io_context io;
   double seconds = 0;
   const int got = io.run(run_cat(io, std::move(input), seconds));
+  bench::show_backend(io);
   if (got != static_cast<int>(mib)) {
     std::fprintf(stderr, "cat gave back %d MiB, expected %lu\n", got, mib);
     return 1;

@@ -2,14 +2,27 @@
 """Runs pidring's benchmarks side by side with the peers and writes docs/BENCHMARKS.md.
 
 Called by benchmarks/compare (which installs the peers and builds the programs first); run
-`benchmarks/compare --help` for the options. The defaults are issue 8's workloads scaled to run in
-about 20 minutes on a shared 2-core VM where a page fault costs tens of microseconds and an
-exec of /bin/true several milliseconds (2,000 -> 100 spawns, 10,000 -> 1,000 waiting children,
-256 -> 32 MiB through cat, copies of 64 and 256 MiB instead of 64 MiB, 1 and 4 GiB); the flags
-marked "issue 8" restore the full sizes. Every figure is a ratio of two medians measured in
+`benchmarks/compare --help` for the options. The defaults are issue 8's workloads, the spawns
+scaled for a 2-core VM where a page fault costs tens of microseconds and an exec of /bin/true
+several milliseconds (2,000 -> 100 spawns; copies of 64 MiB, 256 MiB and 1 GiB where issue 8
+had 64 MiB, 1 and 4 GiB); the 10,000 waiting children and the 256 MiB through cat are issue 13's
+sizes. The flags marked "issue 8" restore the full sizes. Every figure is a ratio of two medians measured in
 the same run: the targets of one workload run round-robin (the starting target rotates each
 round), the first round is a warm-up and is discarded, and each target's median over the
 remaining rounds is kept. Absolute times on a shared machine drift; the ratios much less.
+
+pidring is measured on both of its backends in the same rounds (issue 13): the targets named
+"pidring io_uring..." and "pidring epoll" are the same program run with PIDRING_BACKEND=io_uring
+or =epoll in its environment, and every such run must say on stderr which backend its
+io_context really used (PIDRING_BENCH_SHOW_BACKEND=1), or the run stops.
+
+Before every round (the warm-up included) an idle gate waits until the 1-minute load average is
+below --idle-load, or, since that average still carries this script's own previous round, until
+the run queue itself (everyone else's runnable tasks) has stayed below --idle-runq for 10 s; for
+at most --idle-timeout seconds per round (and --idle-budget in all): a round that starts on the
+timeout is recorded as taken under load. The load average, the time waited, what opened the
+gate, and the machine's CPU use and run queue in the --idle-sample seconds just before each round
+(when this script and its children are idle, so: other people's work) are kept in the results.
 """
 
 import argparse
@@ -37,10 +50,10 @@ def out_of(cmd, **kw):
     return subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True, **kw).stdout.strip()
 
 
-def try_out(cmd, timeout=60):
+def try_out(cmd, timeout=60, env=None):
     try:
         return subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              timeout=timeout).stdout.strip()
+                              timeout=timeout, env=env).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return ""
 
@@ -69,11 +82,16 @@ def wall_seconds(cmd):
     return t
 
 
-def interleave(targets, rounds, before=None, warmup=1):
-    """targets: list of (name, fn). Returns {name: median or None} and {name: [samples]}."""
+def interleave(targets, rounds, before=None, warmup=1, key=None):
+    """targets: list of (name, fn). Returns {name: median or None} and {name: [samples]}.
+    key: the name under which the idle gate records the load of every round."""
     samples = {name: [] for name, _ in targets}
     n = len(targets)
+    if key:
+        GATE.begin(key)
     for r in range(warmup + rounds):
+        if key:
+            GATE.wait(key)
         order = targets[r % n:] + targets[:r % n]
         for name, fn in order:
             if before:
@@ -91,8 +109,192 @@ def loadavg():
         return " ".join(f.read().split()[:3])
 
 
+def load1():
+    with open("/proc/loadavg") as f:
+        return float(f.read().split()[0])
+
+
+def proc_stat():
+    """(idle, total) jiffies of all CPUs, and the tasks runnable (this one included) or blocked
+    in uninterruptible sleep right now: what the kernel's load average counts."""
+    idle = total = runq = 0
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith("cpu "):
+                v = [int(x) for x in line.split()[1:]]
+                idle, total = v[3] + v[4], sum(v[:8])  # idle + iowait; steal included in total
+            elif line.startswith(("procs_running", "procs_blocked")):
+                runq += int(line.split()[1])
+    return idle, total, runq
+
+
+def others_activity(seconds, every=0.1):
+    """While this script and its children are idle: the machine's CPU use (0-1) and the mean
+    number of tasks runnable or in D state (this script excluded) over `seconds`: everyone
+    else's load, now, without the load average's minute of memory."""
+    i0, t0, _ = proc_stat()
+    qs = []
+    end = time.monotonic() + seconds
+    while True:
+        qs.append(proc_stat()[2] - 1)
+        if time.monotonic() >= end:
+            break
+        time.sleep(every)
+    i1, t1, _ = proc_stat()
+    busy = 1.0 - (i1 - i0) / (t1 - t0) if t1 > t0 else None
+    return busy, statistics.mean(qs)
+
+
+class IdleGate:
+    """Waits for an idle machine before each round and records the load every round started at.
+
+    A round starts once the 1-minute load average is below `threshold`. That average remembers
+    the last minute, this script's own previous round included: 64 children exec'ing at once
+    push it far above 100 here, and it then needs minutes to decay on a machine nobody else uses.
+    So while it waits, the gate also watches the run queue itself (tasks runnable or in D state,
+    this script excluded, sampled every 0.1 s in windows of `poll` seconds: nothing of ours runs
+    between rounds, so that is everyone else's load, now); two windows in a row with a mean below
+    `runq` (0: never) also open the gate. Waiting stops after `timeout` seconds for one round or
+    once `budget` seconds were spent waiting in all: the round then runs anyway and is recorded
+    as under load. Before every round the CPU use and run queue of the last `sample` seconds are
+    recorded too."""
+
+    def __init__(self, threshold, runq, timeout, budget, sample, poll=5.0):
+        self.threshold, self.runq, self.timeout, self.budget = threshold, runq, timeout, budget
+        self.sample, self.poll = sample, poll
+        self.waited = 0.0
+        self.rounds = {}
+
+    def begin(self, key):
+        self.rounds[key] = []
+
+    def wait(self, key):
+        t0 = time.monotonic()
+        l1 = load1()
+        reason = "load" if l1 < self.threshold else None
+        calm = 0
+        q = None
+        while reason is None:
+            waited = time.monotonic() - t0
+            if waited >= self.timeout or self.waited + waited >= self.budget:
+                reason = "timeout"
+                break
+            if q is None:
+                log(f"    idle gate: load average {l1:.2f} >= {self.threshold}; waiting (at most "
+                    f"{min(self.timeout, self.budget - self.waited):.0f} s)")
+            _, q = others_activity(min(self.poll, max(0.5, self.timeout - waited)))
+            l1 = load1()
+            if l1 < self.threshold:
+                reason = "load"
+            elif self.runq > 0 and q < self.runq:
+                calm += 1
+                if calm >= 2:
+                    reason = "run queue"
+            else:
+                calm = 0
+        waited = time.monotonic() - t0
+        self.waited += waited
+        busy = runq = None
+        if self.sample > 0:
+            busy, runq = others_activity(self.sample)
+        rec = {"load": loadavg(), "load1": l1, "waited_s": round(waited, 1), "gate": reason,
+               "under_load": reason == "timeout", "cpu_busy": None if busy is None else round(busy, 3),
+               "runq": None if runq is None else round(runq, 2)}
+        if q is not None or reason == "timeout":
+            why = ("below the threshold" if reason == "load" else "UNDER LOAD (timeout)" if reason == "timeout"
+                   else f"run queue idle ({q:.2f} tasks; the average is still falling)")
+            log(f"    idle gate: round starts after {waited:.0f} s at load average {l1:.2f}, {why}")
+        self.rounds.setdefault(key, []).append(rec)
+        return rec
+
+
+GATE = IdleGate(1.5, 1.5, 180, 3600, 0.5)
+
+
+# --------------------------------------------------------------------------------------------
+# pidring on a chosen backend
+
+BACKENDS = ("io_uring", "epoll")
+SEEN = {}  # "workload key" -> {target: sorted backends the program reported}
+
+
+def backend_env(backend):
+    return dict(os.environ, PIDRING_BACKEND=backend, PIDRING_BENCH_SHOW_BACKEND="1")
+
+
+def check_backend(key, name, backend, cmd, stderr):
+    """The program printed "pidring-backend: <backend> [waitid]" (bench_backend.hpp); anything
+    else on stderr is passed on. Stops the run if the backend is not the one asked for."""
+    said = []
+    for line in stderr.splitlines():
+        if line.startswith("pidring-backend:"):
+            said.append(line.split(":", 1)[1].strip())
+        elif line.strip():
+            log("    " + line)
+    if not said or any(x.split()[0] != backend for x in said):
+        raise RuntimeError(f"{name}: asked for PIDRING_BACKEND={backend}, the program reported "
+                           f"{said or 'nothing'} ({' '.join(cmd)})")
+    seen = SEEN.setdefault(key, {}).setdefault(name, [])
+    for x in said:
+        if x not in seen:
+            seen.append(x)
+
+
+def on_backend(key, name, backend, cmd):
+    """stdout of a pidring benchmark program run with PIDRING_BACKEND=backend, checked."""
+    r = subprocess.run(cmd, env=backend_env(backend), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"{cmd}: exit {r.returncode}: {r.stderr.strip()}")
+    check_backend(key, name, backend, cmd, r.stderr)
+    return r.stdout.strip()
+
+
+def fd_kinds(pid):
+    """The anonymous-inode kinds among a process's fds (eventpoll, io_uring...), read from outside."""
+    kinds = set()
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                t = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if t.startswith("anon_inode:"):
+                kinds.add(t[len("anon_inode:"):].strip("[]"))
+    except OSError:
+        pass
+    return kinds
+
+
+def on_backend_watched(key, name, backend, cmd, window=1.0):
+    """Like on_backend, and also looks at the running program's fds from outside during its first
+    `window` seconds: io_uring shows an anon_inode:[io_uring], epoll an anon_inode:[eventpoll]
+    and no ring. Returns (stdout, kinds seen)."""
+    p = subprocess.Popen(cmd, env=backend_env(backend), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    kinds = set()
+    t0 = time.monotonic()
+    while p.poll() is None and time.monotonic() - t0 < window:
+        kinds |= fd_kinds(p.pid)
+        time.sleep(0.1)
+    out, err = p.communicate()
+    if p.returncode != 0:
+        raise RuntimeError(f"{cmd}: exit {p.returncode}: {err.strip()}")
+    check_backend(key, name, backend, cmd, err)
+    want, other = ("io_uring", "eventpoll") if backend == "io_uring" else ("eventpoll", "io_uring")
+    if kinds and (want not in kinds or other in kinds):
+        raise RuntimeError(f"{name}: PIDRING_BACKEND={backend}, but its fds show {sorted(kinds)}")
+    return out.strip(), sorted(kinds)
+
+
 # --------------------------------------------------------------------------------------------
 # Workloads
+
+
+# The pidring targets of the workloads that issue 13 measures on both backends. "pidring io_uring"
+# is the default context_options (IORING_OP_WAITID where the kernel has it, Linux 6.7+); the
+# pidfd-poll variant of the io_uring backend stays as context where it was measured before.
+PIDRING_IO_URING = "pidring io_uring"
+PIDRING_IO_URING_POLL = "pidring io_uring (pidfd poll)"
+PIDRING_EPOLL = "pidring epoll"
 
 
 def w_spawn(a, R):
@@ -100,21 +302,24 @@ def w_spawn(a, R):
     R["spawn"] = {}
     R["spawn_cpu"] = {}
     for k in (1, 64):
+        key = f"spawn {k}"
         log(f"spawn + wait of /bin/true: {a.spawn_n} children, {k} in flight")
+        args = [str(a.spawn_n), str(k)]
         targets = [
-            ("pidring (WAITID)", lambda k=k: printed_pair([f"{b}/bench_spawn", "pidring-waitid", str(a.spawn_n), str(k)])),
-            ("pidring (pidfd poll)", lambda k=k: printed_pair([f"{b}/bench_spawn", "pidring-poll", str(a.spawn_n), str(k)])),
-            ("posix_spawn + waitpid (C floor)", lambda k=k: printed_pair([f"{b}/bench_spawn", "posix_spawn", str(a.spawn_n), str(k)])),
-            ("fork + execve + waitpid", lambda k=k: printed_pair([f"{b}/bench_spawn", "fork-exec", str(a.spawn_n), str(k)])),
+            (PIDRING_IO_URING, lambda: printed_pair_of(on_backend(key, PIDRING_IO_URING, "io_uring", [f"{b}/bench_spawn", "pidring"] + args))),
+            (PIDRING_IO_URING_POLL, lambda: printed_pair_of(on_backend(key, PIDRING_IO_URING_POLL, "io_uring", [f"{b}/bench_spawn", "pidring-poll"] + args))),
+            (PIDRING_EPOLL, lambda: printed_pair_of(on_backend(key, PIDRING_EPOLL, "epoll", [f"{b}/bench_spawn", "pidring"] + args))),
+            ("posix_spawn + waitpid (C floor)", lambda: printed_pair([f"{b}/bench_spawn", "posix_spawn"] + args)),
+            ("fork + execve + waitpid", lambda: printed_pair([f"{b}/bench_spawn", "fork-exec"] + args)),
         ]
         if os.path.exists(f"{b}/bench_boost_spawn"):
-            targets.append(("Boost.Process v2 async_wait", lambda k=k: printed_pair([f"{b}/bench_boost_spawn", str(a.spawn_n), str(k)])))
+            targets.append(("Boost.Process v2 async_wait", lambda: printed_pair([f"{b}/bench_boost_spawn"] + args)))
         targets += [
-            ("asyncio (default watcher)", lambda k=k: printed_pair([PY, f"{HERE}/spawn_asyncio.py", "default", str(a.spawn_n), str(k)])),
-            ("asyncio (PidfdChildWatcher)", lambda k=k: printed_pair([PY, f"{HERE}/spawn_asyncio.py", "pidfd", str(a.spawn_n), str(k)])),
+            ("asyncio (default watcher)", lambda: printed_pair([PY, f"{HERE}/spawn_asyncio.py", "default"] + args)),
+            ("asyncio (PidfdChildWatcher)", lambda: printed_pair([PY, f"{HERE}/spawn_asyncio.py", "pidfd"] + args)),
         ]
         if shutil.which("node"):
-            targets.append(("Node child_process.spawn", lambda k=k: printed_pair(["node", f"{HERE}/spawn_node.js", str(a.spawn_n), str(k)])))
+            targets.append(("Node child_process.spawn", lambda: printed_pair(["node", f"{HERE}/spawn_node.js"] + args)))
         cpu = {name: [] for name, _ in targets}
 
         def with_cpu(name, fn):
@@ -125,19 +330,27 @@ def w_spawn(a, R):
                 return out[0]
             return (name, run)
 
-        med, _ = interleave([with_cpu(n_, f) for n_, f in targets], a.rounds)
+        med, _ = interleave([with_cpu(n_, f) for n_, f in targets], a.rounds, key=key)
         R["spawn"][str(k)] = med
         R["spawn_cpu"][str(k)] = {n_: statistics.median(v[1:]) if len(v) > 1 else None for n_, v in cpu.items()}
+
+
+def printed_pair_of(text):
+    v = text.split()
+    return float(v[0]), float(v[1])
 
 
 def w_heap(a, R):
     log(f"spawn latency from a small parent and from one with {a.heap_mib} MiB resident")
     modes = ["pidring-waitid", "posix_spawn", "fork-exec"]
     R["heap"] = {m: {} for m in modes}
-    # Alternating small and big parents; each parent process interleaves the modes itself.
+    # Alternating small and big parents; each parent process interleaves the modes itself
+    # (--rounds rounds after a warm-up), so the gate runs before each parent process.
     per = {m: {"small": [], "big": []} for m in modes}
+    GATE.begin("heap")
     for rep in range(2):
         for which, mib in (("small", 0), ("big", a.heap_mib)):
+            GATE.wait("heap")
             txt = out_of([f"{a.bin}/bench_spawn", "latency", str(a.heap_n), str(a.rounds), str(mib)] + modes)
             for line in txt.splitlines():
                 m, _, s = line.split()
@@ -150,34 +363,61 @@ def w_heap(a, R):
 def w_exit(a, R):
     log(f"exit -> resume latency, {a.exit_n} children per round")
     b = a.bin
-    targets = [(name, lambda m=m: printed_seconds([f"{b}/bench_exit_latency", m, str(a.exit_n)]))
-               for name, m in (("pidring (WAITID)", "pidring-waitid"), ("pidring (pidfd poll)", "pidring-poll"),
-                               ("thread blocked in waitpid", "waitpid"), ("epoll on a pidfd", "epoll-pidfd"))]
-    R["exit"], _ = interleave(targets, a.rounds)
+    n = str(a.exit_n)
+    targets = [
+        (PIDRING_IO_URING, lambda: float(on_backend("exit", PIDRING_IO_URING, "io_uring", [f"{b}/bench_exit_latency", "pidring", n]).split()[0])),
+        (PIDRING_IO_URING_POLL, lambda: float(on_backend("exit", PIDRING_IO_URING_POLL, "io_uring", [f"{b}/bench_exit_latency", "pidring-poll", n]).split()[0])),
+        (PIDRING_EPOLL, lambda: float(on_backend("exit", PIDRING_EPOLL, "epoll", [f"{b}/bench_exit_latency", "pidring", n]).split()[0])),
+        ("thread blocked in waitpid", lambda: printed_seconds([f"{b}/bench_exit_latency", "waitpid", n])),
+        ("epoll on a pidfd", lambda: printed_seconds([f"{b}/bench_exit_latency", "epoll-pidfd", n])),
+    ]
+    R["exit"], _ = interleave(targets, a.rounds, key="exit")
 
 
 def w_many(a, R):
+    """--many-n children waiting at once: the parent's RSS growth per child and its threads, for
+    pidring on both backends and asyncio. --many-rounds rounds (the programs in rotating order,
+    no warm-up: each run is one measurement of memory, not of time); the median per program."""
     log(f"{a.many_n} children waiting at once")
+    n = str(a.many_n)
+    kinds = {}
+
+    def pidring(name, backend):
+        def fn():
+            out, k = on_backend_watched("many", name, backend, [f"{a.bin}/bench_many_children", n])
+            kinds.setdefault(name, [])
+            kinds[name] = sorted(set(kinds[name]) | set(k))
+            return out.split()
+        return (name, fn)
+
+    targets = [pidring(PIDRING_IO_URING, "io_uring"), pidring(PIDRING_EPOLL, "epoll"),
+               ("asyncio (default watcher)", lambda: out_of([PY, f"{HERE}/many_asyncio.py", "default", n]).split()),
+               ("asyncio (PidfdChildWatcher)", lambda: out_of([PY, f"{HERE}/many_asyncio.py", "pidfd", n]).split())]
+    vals = {name: [] for name, _ in targets}
+    GATE.begin("many")
+    for r in range(a.many_rounds):
+        GATE.wait("many")
+        for name, fn in targets[r % len(targets):] + targets[:r % len(targets)]:
+            v = fn()
+            vals[name].append(v)
+            log(f"    {name}: {float(v[0]):.0f} B/child, {v[1]} threads ({v[2]} before)")
     res = {}
-
-    def measure(name, cmd):
-        vals = [out_of(cmd).split() for _ in range(a.many_rounds)]
-        per = statistics.median(float(v[0]) for v in vals)
-        res[name] = {"bytes_per_child": per, "threads": int(vals[0][1]), "threads_before": int(vals[0][2])}
-        log(f"    {name}: {per:.0f} B/child, {vals[0][1]} threads")
-
-    measure("pidring (WAITID)", [f"{a.bin}/bench_many_children", str(a.many_n), "waitid"])
-    measure("pidring (pidfd poll)", [f"{a.bin}/bench_many_children", str(a.many_n), "poll"])
-    measure("asyncio (default watcher)", [PY, f"{HERE}/many_asyncio.py", "default", str(a.many_n)])
-    measure("asyncio (PidfdChildWatcher)", [PY, f"{HERE}/many_asyncio.py", "pidfd", str(a.many_n)])
+    for name, vs in vals.items():
+        res[name] = {"bytes_per_child": statistics.median(float(v[0]) for v in vs),
+                     "threads": max(int(v[1]) for v in vs), "threads_before": max(int(v[2]) for v in vs)}
+        if name in kinds:
+            res[name]["fds_seen"] = kinds[name]
     R["many"] = res
 
 
 def w_runcat(a, R):
     log(f"run(cat) with {a.cat_mib} MiB in and out")
-    targets = [("pidring run()", lambda: printed_seconds([f"{a.bin}/bench_run_cat", str(a.cat_mib)])),
-               ("Python subprocess.run(capture_output=True)", lambda: printed_seconds([PY, f"{HERE}/run_cat.py", str(a.cat_mib)]))]
-    R["runcat"], _ = interleave(targets, a.rounds)
+    m = str(a.cat_mib)
+    targets = [(PIDRING_IO_URING, lambda: float(on_backend("runcat", PIDRING_IO_URING, "io_uring", [f"{a.bin}/bench_run_cat", m]).split()[0])),
+               (PIDRING_EPOLL, lambda: float(on_backend("runcat", PIDRING_EPOLL, "epoll", [f"{a.bin}/bench_run_cat", m]).split()[0])),
+               ("poll() loop in C (floor)", lambda: printed_seconds([f"{a.bin}/bench_run_cat_poll", m])),
+               ("Python subprocess.run(capture_output=True)", lambda: printed_seconds([PY, f"{HERE}/run_cat.py", m]))]
+    R["runcat"], _ = interleave(targets, a.rounds, key="runcat")
 
 
 def drop_caches():
@@ -212,7 +452,7 @@ def copy_commands(a, src, dst):
     return t
 
 
-def startup_costs(a, d):
+def startup_costs(a, d, key):
     """Each program's exec-to-exit time for an empty file: its start-up (exec, dynamic linking,
     io_uring setup...), which on a VM with slow page faults is milliseconds. Subtracted from the
     copies so that a 64 MiB copy compares copying, not loading libstdc++ against loading libc."""
@@ -226,7 +466,7 @@ def startup_costs(a, d):
 
     targets = [(name, (lambda argv=argv: wall_seconds(argv)) if outside else (lambda: 0.0))
                for name, argv, outside in cmds]
-    med, _ = interleave(targets, a.copy_rounds, before=before)
+    med, _ = interleave(targets, a.copy_rounds, before=before, key=key)
     for p in (src, dst):
         if os.path.exists(p):
             os.unlink(p)
@@ -253,7 +493,7 @@ def w_copy(a, R):
     for fs, d in fss:
         os.makedirs(d, exist_ok=True)
         log(f"copy: start-up cost of each copier on {fs} (an empty file)")
-        startup = startup_costs(a, d)
+        startup = startup_costs(a, d, f"copy start-up {fs}")
         R.setdefault("copy_startup", {})[fs] = startup
         for mib in a.copy_mib:
             src, dst = f"{d}/src-{mib}", f"{d}/dst-{mib}"
@@ -269,7 +509,8 @@ def w_copy(a, R):
                     if cache == "cold":
                         drop_caches()
 
-                med, _ = interleave(copy_targets(a, src, dst, mib, startup), a.copy_rounds, before=before)
+                med, _ = interleave(copy_targets(a, src, dst, mib, startup), a.copy_rounds, before=before,
+                                    key=f"copy {key}")
                 R["copy"][key] = {"mib": mib, "fs": fs, "cache": cache, "results": med}
                 if os.path.exists(dst):
                     os.unlink(dst)
@@ -302,7 +543,7 @@ def w_copyheap(a, R):
                                ("floor", [f"{a.bin}/bench_copy", "floor", src, dst])):
                 targets.append((f"{name} {which}",
                                 lambda argv=argv, env=env: float(out_of(argv, env=env, stderr=subprocess.DEVNULL).split()[0])))
-        med, _ = interleave(targets, a.rounds, before=before)
+        med, _ = interleave(targets, a.rounds, before=before, key=f"copyheap {label}")
         R["copyheap"][label] = med
         for p in (src, dst):
             if os.path.exists(p):
@@ -337,7 +578,7 @@ def w_copysmall(a, R):
 
         log(f"copy of a 4 KiB file on {fs}: pcp and cp")
         targets = [("pcp", timed(lambda dst: [a.pcp, "-q", src, dst])), ("cp", timed(lambda dst: ["cp", src, dst]))]
-        med, _ = interleave(targets, a.small_rounds)
+        med, _ = interleave(targets, a.small_rounds, key=f"copysmall {fs}")
         R["copysmall"][fs] = med
         os.unlink(src)
 
@@ -416,7 +657,7 @@ def w_tree(a, R):
         targets.append(("tar c | tar x", timed(
             lambda dst: f"mkdir '{dst}' && tar -C '{src}' -cf - . | tar -C '{dst}' -xf -", shell=True)))
         log(f"tree: {label}")
-        med, _ = interleave(targets, a.tree_rounds, before=before)
+        med, _ = interleave(targets, a.tree_rounds, before=before, key=f"tree {label}")
         before("")
         R["tree"][label] = {"files": nfiles, "results": med}
         shutil.rmtree(out, ignore_errors=True)
@@ -452,7 +693,7 @@ def w_sparse(a, R):
 
         targets = [timed("pidring copy_file (automatic)", [f"{a.bin}/bench_copy", "pidring", "automatic", "0", src, dst]),
                    timed("cp --sparse=auto", ["cp", "--sparse=auto", src, dst])]
-        med, _ = interleave(targets, a.rounds, before=before)
+        med, _ = interleave(targets, a.rounds, before=before, key=f"sparse {fs}")
         R["sparse"][fs] = {"results": med, "allocated": blocks}
         for p in (src, dst):
             if os.path.exists(p):
@@ -463,17 +704,21 @@ def w_profile(a, R):
     """Where the time goes: perf stat (software events) and strace -c of one spawn run each."""
     prof = {}
     n = str(a.spawn_n)
+    # (label prefix, mode, backend or None for the environment's default)
+    runs = [("", "pidring-waitid", "io_uring"), ("", "pidring-poll", "io_uring"),
+            ("PIDRING_BACKEND=epoll ", "pidring", "epoll"), ("", "posix_spawn", None), ("", "fork-exec", None)]
     if shutil.which("perf"):
-        for mode in ("pidring-waitid", "pidring-poll", "posix_spawn", "fork-exec"):
+        for pre, mode, backend in runs:
             txt = try_out(["perf", "stat", "-e", "task-clock,page-faults,context-switches,cpu-migrations",
-                           f"{a.bin}/bench_spawn", mode, n, "1"])
-            prof[f"perf stat bench_spawn {mode} {n} 1"] = "\n".join(
+                           f"{a.bin}/bench_spawn", mode, n, "1"], env=backend and dict(os.environ, PIDRING_BACKEND=backend))
+            prof[f"{pre}perf stat bench_spawn {mode} {n} 1"] = "\n".join(
                 l for l in txt.splitlines() if re.search(r"task-clock|page-faults|context-switches|migrations|elapsed|user|sys", l))
     if shutil.which("strace"):
-        for mode in ("pidring-waitid", "posix_spawn"):
-            txt = try_out(["strace", "-c", "-f", "-o", "/dev/stdout", f"{a.bin}/bench_spawn", mode, "100", "1"])
+        for pre, mode, backend in (runs[0], runs[2], runs[3]):
+            txt = try_out(["strace", "-c", "-f", "-o", "/dev/stdout", f"{a.bin}/bench_spawn", mode, "100", "1"],
+                          env=backend and dict(os.environ, PIDRING_BACKEND=backend))
             lines = [l for l in txt.splitlines() if not re.fullmatch(r"[0-9.]+", l.strip())]
-            prof[f"strace -c -f bench_spawn {mode} 100 1"] = "\n".join(lines[:22])
+            prof[f"{pre}strace -c -f bench_spawn {mode} 100 1"] = "\n".join(lines[:22])
     if os.path.exists(f"{a.bin}/bench_micro"):
         prof["bench_micro (Google Benchmark)"] = try_out([f"{a.bin}/bench_micro", "--benchmark_min_time=0.3"], timeout=600)
     R["profile"] = prof
@@ -543,9 +788,9 @@ def main():
     ap.add_argument("--heap-mib", type=int, default=2048)
     ap.add_argument("--heap-n", type=int, default=10)
     ap.add_argument("--exit-n", type=int, default=50)
-    ap.add_argument("--many-n", type=int, default=1000, help="issue 8: 10000")
+    ap.add_argument("--many-n", type=int, default=10000, help="issues 8 and 13: 10000")
     ap.add_argument("--many-rounds", type=int, default=1)
-    ap.add_argument("--cat-mib", type=int, default=32, help="issue 8: 256")
+    ap.add_argument("--cat-mib", type=int, default=256, help="issues 8 and 13: 256")
     ap.add_argument("--copy-mib", default="64,256,1024", help="comma-separated sizes in MiB (issue 12: 64,256,1024)")
     ap.add_argument("--small-rounds", type=int, default=21, help="rounds of the 4 KiB copy")
     ap.add_argument("--tree-rounds", type=int, default=5, help="rounds of the tree copies")
@@ -554,6 +799,23 @@ def main():
     ap.add_argument("--tmpfs-dir", default="/dev/shm/pidring-bench")
     ap.add_argument("--keep-files", action="store_true")
     ap.add_argument("--git", default="?", help="the pidring version measured (git describe)")
+    ap.add_argument("--preset", default="release", help="the CMake preset the programs were built with (for the report)")
+    ap.add_argument("--idle-load", type=float, default=1.5,
+                    help="idle gate: before every round, wait until the 1-minute load average is below this "
+                         "(default 1.5, for 2 cores; 0 never waits)")
+    ap.add_argument("--idle-runq", type=float, default=None,
+                    help="idle gate: also start a round once the run queue (tasks runnable or in D state, this "
+                         "script excluded) has averaged below this for two 5 s windows, however high the load "
+                         "average still is from the benchmark's own previous round (default: --idle-load; "
+                         "0: only the load average opens the gate)")
+    ap.add_argument("--idle-timeout", type=float, default=180,
+                    help="idle gate: seconds to wait for one round before running it anyway, marked as taken "
+                         "under load (default 180)")
+    ap.add_argument("--idle-budget", type=float, default=3600,
+                    help="idle gate: seconds of waiting in the whole run, after which rounds only record the "
+                         "load (default 3600)")
+    ap.add_argument("--idle-sample", type=float, default=0.5,
+                    help="seconds over which the machine's CPU use is sampled just before every round (0: not)")
     a = ap.parse_args()
     a.copy_mib = [int(x) for x in a.copy_mib.split(",") if x]
     a.tree_jobs = [int(x) for x in a.tree_jobs.split(",") if x]
@@ -568,10 +830,27 @@ def main():
     R["machine"] = machine()
     R["git"] = a.git
     R["config"] = {k: v for k, v in vars(a).items() if k not in ("results", "git")}
+    global GATE
+    GATE = IdleGate(a.idle_load if a.idle_load > 0 else float("inf"),
+                    a.idle_load if a.idle_runq is None else a.idle_runq, a.idle_timeout, a.idle_budget, a.idle_sample)
+    if "PIDRING_BACKEND" in os.environ:
+        # Only the targets named after a backend choose one; the rest run on the default.
+        log(f"compare: ignoring PIDRING_BACKEND={os.environ.pop('PIDRING_BACKEND')} for the targets "
+            "that are not named after a backend")
+    R["backend_automatic"] = [l.split(":", 1)[1].strip() for l in try_out(
+        [f"{a.bin}/bench_spawn", "pidring", "1", "1"], env=dict(os.environ, PIDRING_BENCH_SHOW_BACKEND="1")).splitlines()
+        if l.startswith("pidring-backend:")]
     R["load_before"] = loadavg()
+    os.makedirs(os.path.dirname(os.path.abspath(a.results)), exist_ok=True)
     t0 = time.time()
     for name in only:
+        tw = time.time()
         globals()[f"w_{name}"](a, R)
+        R.setdefault("durations_s", {})[name] = round(time.time() - tw)
+        R.setdefault("rounds", {}).update(GATE.rounds)
+        R.setdefault("backends_seen", {}).update(SEEN)
+        R["idle_gate"] = {"load": a.idle_load, "runq": GATE.runq, "timeout_s": a.idle_timeout,
+                          "budget_s": a.idle_budget, "sample_s": a.idle_sample, "waited_s": round(GATE.waited, 1)}
         with open(a.results, "w") as f:
             json.dump(R, f, indent=1)
     R["load_after"] = loadavg()

@@ -17,14 +17,25 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
-PIDRING = "pidring (WAITID)"
-PIDRING_POLL = "pidring (pidfd poll)"
+# Target names of benchmarks/compare.py: pidring's default options on each backend.
+PIDRING = "pidring io_uring"
+PIDRING_POLL = "pidring io_uring (pidfd poll)"
+EPOLL = "pidring epoll"
+BACKENDS = ((PIDRING, "io_uring"), (EPOLL, "epoll"))
 FLOOR = "posix_spawn + waitpid (C floor)"
+WAITPID = "thread blocked in waitpid"
+PYRUN = "Python subprocess.run(capture_output=True)"
+POLL_FLOOR = "poll() loop in C (floor)"
 AUTO = "pidring automatic (default parallelism)"
 
 
 def fmt(x, nd=2):
     return "n/a" if x is None else f"{x:.{nd}f}"
+
+
+def fx(x):
+    """A ratio as "1.23×", or n/a."""
+    return "n/a" if x is None else f"{x:.2f}×"
 
 
 def ratio(peer, mine):
@@ -48,7 +59,7 @@ def targets(R):
                            ("asyncio (default watcher)", 2.0), ("asyncio (PidfdChildWatcher)", 2.0),
                            ("Node child_process.spawn", 2.0)):
             r = ratio(m.get(peer), mine)
-            rows.append((f"spawn+wait /bin/true, {k} in flight", f"vs {peer}", fmt(r) + "×",
+            rows.append((f"spawn+wait /bin/true, {k} in flight", f"vs {peer}", fx(r),
                          f"≥ {need}×", None if r is None else r >= need))
     cpu = R.get("spawn_cpu", {})
     for k in ("1", "64"):
@@ -58,20 +69,21 @@ def targets(R):
             r = ratio(m.get(peer), mine)
             if r is not None:
                 rows.append((f"spawn+wait /bin/true, {k} in flight", f"parent CPU: {peer} / pidring (context)",
-                             fmt(r) + "×", "—", None))
+                             fx(r), "—", None))
     h = R.get("heap", {}).get("pidring-waitid")
+    big = f"{R.get('config', {}).get('heap_mib', 2048)} MiB parent"
     if h:
         r = h["big"] / h["small"]
-        rows.append(("spawn latency, 2 GiB parent", "pidring: 2 GiB parent / small parent", fmt(r) + "×",
+        rows.append((f"spawn latency, {big}", f"pidring: {big} / small parent", fx(r),
                      "≤ 1.2×", r <= 1.2))
     fe = R.get("heap", {}).get("fork-exec")
     if fe:
-        rows.append(("spawn latency, 2 GiB parent", "fork+execve: 2 GiB parent / small parent (context)",
-                     fmt(fe["big"] / fe["small"]) + "×", "—", None))
+        rows.append((f"spawn latency, {big}", f"fork+execve: {big} / small parent (context)",
+                     fx(fe["big"] / fe["small"]), "—", None))
     ex = R.get("exit", {})
-    if ex.get(PIDRING) and ex.get("thread blocked in waitpid"):
-        r = ex[PIDRING] / ex["thread blocked in waitpid"]
-        rows.append(("exit → resume latency", "pidring median / blocked waitpid median", fmt(r) + "×",
+    if ex.get(PIDRING) and ex.get(WAITPID):
+        r = ex[PIDRING] / ex[WAITPID]
+        rows.append(("exit → resume latency", "pidring median / blocked waitpid median", fx(r),
                      "≤ 1.5×", r <= 1.5))
     mn = R.get("many", {}).get(PIDRING)
     if mn:
@@ -83,9 +95,9 @@ def targets(R):
                      mn["threads"] == mn["threads_before"]))
     rc = R.get("runcat", {})
     if rc:
-        r = ratio(rc.get("Python subprocess.run(capture_output=True)"), rc.get("pidring run()"))
+        r = ratio(rc.get(PYRUN), rc.get(PIDRING))
         rows.append((f"run(cat), {R['config'].get('cat_mib')} MiB in and out", "vs Python subprocess.run",
-                     fmt(r) + "×", "≥ 1.5×", None if r is None else r >= 1.5))
+                     fx(r), "≥ 1.5×", None if r is None else r >= 1.5))
     for key, c in R.get("copy", {}).items():
         res = c["results"]
         need = 1.0 if c["cache"] == "warm" else 1.3
@@ -93,12 +105,12 @@ def targets(R):
             if mine not in res:
                 continue
             r = ratio(res.get("cp"), res.get(mine))
-            rows.append((f"copy {key}", what, fmt(r) + "×", f"≥ {need}×", None if r is None else r >= need))
+            rows.append((f"copy {key}", what, fx(r), f"≥ {need}×", None if r is None else r >= need))
         mine = {k: v for k, v in res.items() if k.startswith("pidring") and v is not None}
         if mine:
             best = min(mine, key=mine.get)
             rows.append((f"copy {key}", f"best pidring setting ({best[len('pidring '):]}) vs cp (context)",
-                         fmt(ratio(res.get("cp"), mine[best])) + "×", "—", None))
+                         fx(ratio(res.get("cp"), mine[best])), "—", None))
     for fs, res in R.get("copysmall", {}).items():
         if res.get("pcp") is not None and res.get("cp") is not None:
             d = (res["pcp"] - res["cp"]) * 1e3
@@ -108,19 +120,19 @@ def targets(R):
         sm, bg = res.get("automatic small"), res.get("automatic big")
         r = ratio(bg, sm)
         rows.append((f"copy_file of {label}, {R['config'].get('heap_mib')} MiB resident",
-                     "big process / small process", fmt(r) + "×", "≤ 1.1×", None if r is None else r <= 1.1))
+                     "big process / small process", fx(r), "≤ 1.1×", None if r is None else r <= 1.1))
         fr = ratio(res.get("floor big"), res.get("floor small"))
         if fr is not None:
             rows.append((f"copy_file of {label}, {R['config'].get('heap_mib')} MiB resident",
-                         "the floor (ring + thread + copy_file_range), big / small (context)", fmt(fr) + "×", "—", None))
+                         "the floor (ring + thread + copy_file_range), big / small (context)", fx(fr), "—", None))
     for label, t in R.get("tree", {}).items():
         res = t["results"]
         for mine, need in (("pcp -r", 1.8), ("pcp -r -j 1", 1.2)):
             r = ratio(res.get("cp -r"), res.get(mine))
-            rows.append((f"tree: {label}", f"{mine} vs cp -r", fmt(r) + "×", f"≥ {need}×", None if r is None else r >= need))
+            rows.append((f"tree: {label}", f"{mine} vs cp -r", fx(r), f"≥ {need}×", None if r is None else r >= need))
         for peer in ("rsync -a", "tar c | tar x"):
             if res.get(peer) is not None:
-                rows.append((f"tree: {label}", f"pcp -r vs {peer} (context)", fmt(ratio(res[peer], res.get("pcp -r"))) + "×",
+                rows.append((f"tree: {label}", f"pcp -r vs {peer} (context)", fx(ratio(res[peer], res.get("pcp -r"))),
                              "—", None))
     for fs, s in R.get("sparse", {}).items():
         t = s["results"].get("pidring copy_file (automatic)")
@@ -128,6 +140,106 @@ def targets(R):
                      f"{fmt(t, 3)} s ({fmt(ratio(s['results'].get('cp --sparse=auto'), t))}×)", "< 1 s",
                      None if t is None else t < 1.0))
     return rows
+
+
+def load_of(R, keys):
+    """(max 1-minute load at the start of the rounds of these workloads, rounds under load)."""
+    recs = [x for k in keys for x in R.get("rounds", {}).get(k, [])]
+    if not recs:
+        return None, 0
+    return max(x["load1"] for x in recs), sum(1 for x in recs if x.get("under_load"))
+
+
+def load_text(R, keys):
+    mx, under = load_of(R, keys)
+    if mx is None:
+        return "n/a"
+    return f"{mx:.2f}" + (f" ({under} under load)" if under else "")
+
+
+def issue13(R):
+    """Issue 13's targets with both backends side by side: [(workload, measure, io_uring result,
+    epoll result, target, io_uring verdict, epoll verdict, max load of the rounds)]. A verdict is
+    True/False, None (not measured) or "—" (the target is not the io_uring backend's: context)."""
+    rows = []
+    ctx = "—"
+    sp = R.get("spawn", {})
+    for k in ("1", "64"):
+        m = sp.get(k)
+        if not m:
+            continue
+        w = f"spawn + wait /bin/true, {k} in flight"
+        ld = load_text(R, [f"spawn {k}"])
+        r = ratio(m.get(PIDRING), m.get(EPOLL))
+        rows.append((w, "epoll backend vs io_uring backend (io_uring time / epoll time)", "1 (reference)",
+                     fx(r), "epoll ≥ 0.95×", ctx, None if r is None else r >= 0.95, ld))
+        ri, re_ = ratio(m.get(FLOOR), m.get(PIDRING)), ratio(m.get(FLOOR), m.get(EPOLL))
+        rows.append((w, "vs posix_spawn + waitpid (C floor)", fx(ri), fx(re_), "epoll ≥ 1.0×",
+                     ctx, None if re_ is None else re_ >= 1.0, ld))
+    ex = R.get("exit", {})
+    if ex:
+        ri, re_ = ratio(ex.get(PIDRING), ex.get(WAITPID)), ratio(ex.get(EPOLL), ex.get(WAITPID))
+        rows.append(("exit → resume latency", "median / a thread blocked in waitpid", fx(ri), fx(re_),
+                     "epoll ≤ 1.05×", ctx, None if re_ is None else re_ <= 1.05, load_text(R, ["exit"])))
+    mn = R.get("many", {})
+    if mn.get(PIDRING) or mn.get(EPOLL):
+        n = R.get("config", {}).get("many_n")
+        w = f"{n:,} children waiting" if isinstance(n, int) else f"{n} children waiting"
+        ld = load_text(R, ["many"])
+        cell = {b: mn.get(name) for name, b in BACKENDS}
+        rows.append((w, "parent RSS growth per child",
+                     *[f"{c['bytes_per_child']:.0f} B" if c else "n/a" for c in cell.values()], "≤ 2048 B",
+                     *[None if not c else c["bytes_per_child"] <= 2048 for c in cell.values()], ld))
+        rows.append((w, "threads while waiting (before)",
+                     *[f"{c['threads']} ({c['threads_before']})" if c else "n/a" for c in cell.values()],
+                     "no helper thread", *[None if not c else c["threads"] == c["threads_before"] for c in cell.values()],
+                     ld))
+    rc = R.get("runcat", {})
+    if rc:
+        w = f"run(cat), {R.get('config', {}).get('cat_mib')} MiB in and out"
+        ld = load_text(R, ["runcat"])
+        for peer, what, need in ((PYRUN, "vs Python subprocess.run", 1.5), (POLL_FLOOR, "vs a poll() loop in C (floor)", 0.9)):
+            ri, re_ = ratio(rc.get(peer), rc.get(PIDRING)), ratio(rc.get(peer), rc.get(EPOLL))
+            rows.append((w, what, fx(ri), fx(re_), f"≥ {need}× (both)",
+                         None if ri is None else ri >= need, None if re_ is None else re_ >= need, ld))
+    return rows
+
+
+def verdict13(v):
+    return v if v == "—" else verdict(v)
+
+
+def load_rows(R):
+    """[(workload, rounds, load1 min / median / max, how the gate opened, waited, others' CPU,
+    others' run queue)] from the idle gate's record of every round."""
+    import statistics
+    rows = []
+    for key, recs in R.get("rounds", {}).items():
+        if not recs:
+            continue
+        l1 = [x["load1"] for x in recs]
+        busy = [x["cpu_busy"] for x in recs if x.get("cpu_busy") is not None]
+        runq = [x["runq"] for x in recs if x.get("runq") is not None]
+        gates = [x.get("gate") or ("timeout" if x.get("under_load") else "load") for x in recs]
+        opened = ", ".join(f"{gates.count(g)} {g}" for g in ("load", "run queue", "timeout") if gates.count(g))
+        rows.append((key, len(recs), f"{min(l1):.2f} / {statistics.median(l1):.2f} / {max(l1):.2f}", opened,
+                     f"{sum(x['waited_s'] for x in recs):.0f} s",
+                     f"{statistics.median(busy) * 100:.0f} %" if busy else "n/a",
+                     f"{statistics.median(runq):.2f}" if runq else "n/a"))
+    return rows
+
+
+def gate_summary(R):
+    g = R.get("idle_gate")
+    if not g:
+        return "none (results from before the idle gate)"
+    recs = [x for v in R.get("rounds", {}).values() for x in v]
+    under = sum(1 for x in recs if x.get("under_load"))
+    rq = g.get("runq")
+    return (f"each round waits for a 1-minute load average < {g['load']}"
+            + (f" or a run queue < {rq} for 10 s" if rq else "")
+            + f" (at most {g['timeout_s']:.0f} s; {g['budget_s']:.0f} s in all): waited {g['waited_s']:.0f} s in "
+            f"all; {under} of {len(recs)} rounds started under load (timeout)")
 
 
 def md_table(header, rows):
@@ -177,6 +289,10 @@ plot {", ".join(plots)}
 
 
 def make_plots(R, d):
+    import shutil
+    if not shutil.which("gnuplot"):
+        print("report: gnuplot not installed (gnuplot-nox); no plots", file=sys.stderr)
+        return {}
     os.makedirs(d, exist_ok=True)
     made = {}
     sp = R.get("spawn")
@@ -240,25 +356,65 @@ def document(R, plots, notes, doc):
              "**ratio of medians measured in the same run**: the programs of a workload run round-robin (the "
              "first of each round rotates), the first round is a warm-up and is thrown away, and each program's "
              f"median over the next {c['rounds']} rounds is kept ({c['copy_rounds']} for the copies). "
-             "Absolute times on a shared machine drift; ratios taken side by side drift much less.\n")
+             "Absolute times on a shared machine drift; ratios taken side by side drift much less. Before "
+             "every round (the warm-up included) the run waits for the machine to be idle (1-minute load "
+             "average below a threshold) and records the load each round started at: see "
+             "[Load during the run](#load-during-the-run).\n")
+    L.append("pidring runs on two backends, io_uring and epoll (where io_uring is blocked); the workloads of "
+             "issue 13 measure both in the same rounds (`pidring io_uring` and `pidring epoll`: the same "
+             "program with `PIDRING_BACKEND` set in its environment, every run checked to have used that "
+             "backend). Elsewhere `pidring` is the default (automatic: "
+             f"{' '.join(R.get('backend_automatic') or ['?'])} here).\n")
     L.append("Reproduce with `benchmarks/compare` (it installs the peers from Debian's packages, builds the "
              "release preset with `PIDRING_BUILD_BENCHMARKS=ON`, runs everything, and rewrites this file and "
              "the plots); `benchmarks/compare --help` lists the sizes it can scale.\n")
     L.append("## Machine\n")
     L.append(md_table(["", ""], [
         ("CPU", f"{m['cpu']}, {m['cores']} cores"), ("Memory", m["memory"]), ("Kernel", m["kernel"]),
-        ("Distribution", m["distro"]), ("Compiler", m["compiler"] + " (release preset, -O3)"),
+        ("Distribution", m["distro"]), ("Compiler", m["compiler"] + (" (release preset, -O3)" if c.get("preset", "release") == "release"
+                                       else f" ({c.get('preset')} preset)")),
         ("liburing", m["liburing"]), ("Boost (Process v2, Asio)", m["boost"]),
         ("Google Benchmark", m["benchmark"]), ("Python", m["python"]), ("Node", m["node"]),
         ("cp", m["coreutils"]), ("ext4 file system", "`" + m["disk"] + "`"),
         ("tmpfs", "/dev/shm"), ("Run", f"{m['date']}, {R.get('duration_s', 0) / 60:.0f} min"),
         ("Load average (1, 5, 15 min)", f"before {R.get('load_before')}, after {R.get('load_after')}"),
+        ("Idle gate", gate_summary(R)),
         ("pidring", R.get("git", "?")),
     ]))
     L.append("")
+    rows13 = issue13(R)
+    if rows13:
+        L.append("## Both backends (issue 13)\n")
+        L.append("Ratios are \"times as fast as the peer\" (above 1: pidring is faster) except the latency "
+                 "(pidring's over waitpid's: below 1 is better). A target that starts with \"epoll\" is issue "
+                 "13's for the epoll backend, and the io_uring column beside it is there to compare with (the "
+                 "io_uring backend's own targets, from issue 8, are in the next table); the waiting children's "
+                 "and run(cat)'s targets hold for both backends. The last column is the highest 1-minute load "
+                 "average any round of the workload started at, and how many rounds started under load.\n")
+        L.append(md_table(["Workload", "Measure", "io_uring", "epoll", "Target", "io_uring verdict",
+                           "epoll verdict", "max load₁"],
+                          [(w, m_, a, b, t, verdict13(va), verdict13(vb), ld)
+                           for w, m_, a, b, t, va, vb, ld in rows13]))
+        L.append("")
+        seen = R.get("backends_seen", {})
+        if seen:
+            L.append("Which backend every run used, as its io_context reported it (`io_context::backend()`, "
+                     "and `waitid` where child waits are IORING_OP_WAITID); for the waiting children also "
+                     "the fds seen from outside in /proc/PID/fd:\n")
+            by_target = {}
+            for key, by in seen.items():
+                for name, said in by.items():
+                    t = by_target.setdefault(name, {"said": [], "where": []})
+                    t["said"] += [x for x in said if x not in t["said"]]
+                    t["where"].append(key)
+            rows = [(name, ", ".join(t["said"]), ", ".join(t["where"]),
+                     ", ".join(R.get("many", {}).get(name, {}).get("fds_seen") or ["—"]))
+                    for name, t in by_target.items()]
+            L.append(md_table(["Target", "reported", "workloads", "fds seen (waiting children)"], rows))
+            L.append("")
     L.append("## Targets\n")
-    L.append("Ratios are \"times as fast as the peer\" (above 1: pidring is faster) unless the row says "
-             "otherwise.\n")
+    L.append("Issues 8 and 12 (pidring's default backend, io_uring). Ratios are \"times as fast as the peer\" "
+             "(above 1: pidring is faster) unless the row says otherwise.\n")
     L.append(md_table(["Workload", "Measure", "Result", "Target", "Verdict"],
                       [(a, b, r, t, verdict(ok)) for a, b, r, t, ok in targets(R)]))
     L.append("")
@@ -270,7 +426,8 @@ def document(R, plots, notes, doc):
         n = c["spawn_n"]
         L.append(f"## spawn + wait of `/bin/true`\n")
         L.append(f"{n} children, one at a time and 64 in flight. Each program times its own loop (interpreter "
-                 "start-up is not counted). In brackets, the peer's time over pidring's (WAITID path). The "
+                 "start-up is not counted). In brackets, the program's time over pidring's on io_uring / on "
+                 "epoll (above 1: pidring is faster). The "
                  "parent's CPU per child is the spawning process's own user + system time (getrusage "
                  "RUSAGE_SELF, process.cpuUsage for Node; all its threads, none of the children's) divided by "
                  "the number of children.\n")
@@ -282,10 +439,11 @@ def document(R, plots, notes, doc):
             return "n/a" if v is None else f"{v / n * 1e3:.2f} ms"
 
         for peer in sp["1"]:
-            rows.append((peer, *[f"{n / sp[k][peer]:.0f}/s ({fmt(ratio(sp[k][peer], sp[k].get(PIDRING)))}×)"
+            rows.append((peer, *[f"{n / sp[k][peer]:.0f}/s ({fmt(ratio(sp[k][peer], sp[k].get(PIDRING)))}× / "
+                                 f"{fmt(ratio(sp[k][peer], sp[k].get(EPOLL)))}×)"
                                  if sp[k].get(peer) else "n/a" for k in ("1", "64")],
                          cpu_of("1", peer), cpu_of("64", peer)))
-        L.append(md_table(["Program", "1 in flight (pidring ×)", "64 in flight (pidring ×)",
+        L.append(md_table(["Program", "1 in flight (× io_uring / × epoll)", "64 in flight (× io_uring / × epoll)",
                            "parent CPU per child, 1", "parent CPU per child, 64"], rows))
         L.append("")
         if "spawn" in plots:
@@ -298,7 +456,7 @@ def document(R, plots, notes, doc):
                  "it). One process per parent size runs all three methods round-robin; the small and big "
                  "parents alternate twice and the median of all rounds is kept.\n")
         L.append(md_table(["Method", "small parent", f"{c['heap_mib']} MiB parent", "big / small"],
-                          [(k, f"{v['small'] * 1e3:.2f} ms", f"{v['big'] * 1e3:.2f} ms", fmt(v["big"] / v["small"]) + "×")
+                          [(k, f"{v['small'] * 1e3:.2f} ms", f"{v['big'] * 1e3:.2f} ms", fx(v["big"] / v["small"]))
                            for k, v in h.items()]))
         L.append("")
         if "heap" in plots:
@@ -311,7 +469,7 @@ def document(R, plots, notes, doc):
                  "reads the clock as soon as its waiter runs (the coroutine after `co_await child.wait()`, "
                  "the thread after `waitpid` returns, or after `epoll_wait` + `waitid`). Both ends reap the "
                  "child before reading the clock. Median per round, then median of rounds.\n")
-        base = ex.get("thread blocked in waitpid")
+        base = ex.get(WAITPID)
         L.append(md_table(["Waiter", "median", "/ waitpid"],
                           [(k, f"{v:.0f} µs", fmt(ratio(v, base))) for k, v in ex.items()]))
         L.append("")
@@ -326,11 +484,19 @@ def document(R, plots, notes, doc):
         L.append(md_table(["Program", "parent RSS per child", "threads while waiting", "threads before"],
                           [(k, f"{v['bytes_per_child']:.0f} B", v["threads"], v["threads_before"]) for k, v in mn.items()]))
         L.append("")
+        L.append(f"{c.get('many_rounds', 1)} round(s), the programs in rotating order; the median per program "
+                 "(threads: the most seen).")
+        L.append("")
     rc = R.get("runcat")
     if rc:
         L.append(f"## run(cat) with {c['cat_mib']} MiB in and out\n")
-        L.append(md_table(["Program", "median", "pidring ×"],
-                          [(k, f"{v:.3f} s", fmt(ratio(v, rc.get('pidring run()')))) for k, v in rc.items()]))
+        L.append("`run()` of `cat` with the input as a string and stdout captured, against `subprocess.run(..., "
+                 "input=..., capture_output=True)` and the loop anyone would write by hand in C (posix_spawn, two "
+                 "pipes, `poll()`, non-blocking writes and reads into a buffer sized up front). Each program "
+                 "times itself; building the input is not timed.\n")
+        L.append(md_table(["Program", "median", "pidring io_uring ×", "pidring epoll ×"],
+                          [(k, "n/a" if v is None else f"{v:.3f} s", fmt(ratio(v, rc.get(PIDRING))),
+                            fmt(ratio(v, rc.get(EPOLL)))) for k, v in rc.items()]))
         L.append("")
     cp = R.get("copy")
     if cp:
@@ -385,7 +551,7 @@ def document(R, plots, notes, doc):
                 sm, bg = res.get(f"{name} small"), res.get(f"{name} big")
                 rows.append((label, "copy_file" if name == "automatic" else "floor: ring + thread + copy_file_range",
                              f"{sm * 1e3:.2f} ms" if sm else "n/a", f"{bg * 1e3:.2f} ms" if bg else "n/a",
-                             fmt(ratio(bg, sm)) + "×"))
+                             fx(ratio(bg, sm))))
         L.append(md_table(["File", "What", "small process", f"{c['heap_mib']} MiB process", "big / small"], rows))
         L.append("")
     tr = R.get("tree")
@@ -412,6 +578,20 @@ def document(R, plots, notes, doc):
                 rows.append((fs, k, f"{fmt(v, 3)} s", f"{s['allocated'].get(k)} B"))
         L.append(md_table(["File system", "Program", "median", "destination allocated"], rows))
         L.append("")
+    lr = load_rows(R)
+    if lr:
+        L.append("## Load during the run\n")
+        L.append(f"Idle gate: {gate_summary(R)}. For every workload: its rounds (warm-up included), the 1-minute "
+                 "load average each round started at, what let each round start (`load`: the average was below "
+                 "the threshold; `run queue`: the average was still falling from the benchmark's own previous "
+                 "round, 64 children exec'ing at once push it far above 100 here, but nobody else had tasks "
+                 "waiting to run for 10 s; `timeout`: taken under load), the time waited, and the machine's CPU "
+                 f"use and run queue (tasks runnable or in D state) in the {R.get('idle_gate', {}).get('sample_s', '?')} s "
+                 "just before each round, while nothing of the benchmark ran, so everyone else's: medians of "
+                 "the rounds.\n")
+        L.append(md_table(["Workload", "rounds", "load₁ min / median / max", "gate opened by", "waited",
+                           "others' CPU", "others' run queue"], lr))
+        L.append("")
     prof = R.get("profile")
     if prof:
         L.append("## Profiles\n")
@@ -425,6 +605,14 @@ def document(R, plots, notes, doc):
         f.write("\n".join(L))
 
 
+def print_table(header, rows):
+    rows = [[str(c) for c in r] for r in rows]
+    w = [max([len(header[i])] + [len(r[i]) for r in rows]) for i in range(len(header))]
+    print("  ".join(f"{h:<{w[i]}}" for i, h in enumerate(header)).rstrip())
+    for r in rows:
+        print("  ".join(f"{c:<{w[i]}}" for i, c in enumerate(r)).rstrip())
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("results")
@@ -435,12 +623,24 @@ def main():
     a = ap.parse_args()
     with open(a.results) as f:
         R = json.load(f)
-    rows = targets(R)
-    w = [max(len(str(r[i])) for r in rows) for i in range(4)] if rows else [0] * 4
-    print(f"{'Workload':<{w[0]}}  {'Measure':<{w[1]}}  {'Result':<{w[2]}}  {'Target':<{w[3]}}  Verdict")
-    for r in rows:
-        v = "n/a" if r[4] is None else ("met" if r[4] else "MISSED")
-        print(f"{r[0]:<{w[0]}}  {r[1]:<{w[1]}}  {r[2]:<{w[2]}}  {r[3]:<{w[3]}}  {v}")
+    def text(v):
+        return v if v == "—" else ("n/a" if v is None else ("met" if v else "MISSED"))
+
+    rows13 = issue13(R)
+    if rows13:
+        print("Issue 13: both backends side by side")
+        print_table(["Workload", "Measure", "io_uring", "epoll", "Target", "io_uring", "epoll", "max load1"],
+                    [(w, m, a_, b, t, text(va), text(vb), ld) for w, m, a_, b, t, va, vb, ld in rows13])
+        print()
+    print("Issues 8 and 12 (default backend)")
+    print_table(["Workload", "Measure", "Result", "Target", "Verdict"],
+                [(w, m, r, t, text(ok)) for w, m, r, t, ok in targets(R)])
+    lr = load_rows(R)
+    if lr:
+        print()
+        print(f"Load: {gate_summary(R)}")
+        print_table(["Workload", "rounds", "load1 min/med/max", "gate opened by", "waited", "others' CPU",
+                     "others' runq"], lr)
     if a.no_doc:
         return
     plots = make_plots(R, a.plots)
