@@ -220,7 +220,7 @@ TEST_CASE("empty input gives the child end of file", "[pipe]") {
   CHECK(r.out.empty());
 }
 
-TEST_CASE("no fd leaks after 1,000 runs with three pipes each", "[pipe]") {
+TEST_CASE("no fd leaks after 1,000 runs with three pipes each", "[pipe][slow]") {
   pidring::io_context io;
   std::vector<int> before;
   auto t = [&]() -> pidring::task<int> {

@@ -189,7 +189,7 @@ pidring::task<std::size_t> churn(pidring::io_context& io, std::size_t cycles, st
 }
 
 TEST_CASE("reliability: 1,000 spawn/kill/wait cycles with random timing all end killed (or exited) and reaped",
-          "[reliability]") {
+          "[reliability][slow]") {
   const auto seed = static_cast<std::uint32_t>(std::random_device{}());
   INFO("seed " << seed);
   for (bool waitid_op : {true, false}) {
