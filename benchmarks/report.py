@@ -601,6 +601,12 @@ def document(R, plots, notes, doc):
                  "runtime's fixed costs (its DEBUG warning is about Debian's build of the library, not ours).\n")
         for k, v in prof.items():
             L.append(f"`{k}`\n\n```\n{v}\n```\n")
+    # The compile-time benchmark (issue 14) runs on its own (benchmarks/compile_cost, ~10 minutes);
+    # its last published tables are kept in benchmarks/compile_cost.results.md and carried along.
+    compile_results = os.path.join(ROOT, "benchmarks", "compile_cost.results.md")
+    if os.path.exists(compile_results):
+        with open(compile_results) as f:
+            L.append(f.read().strip() + "\n")
     with open(doc, "w") as f:
         f.write("\n".join(L))
 
