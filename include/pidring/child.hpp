@@ -329,12 +329,12 @@ class child {
         s->killed = true;
       }
       if (s->reap_now()) return;
-      if (s->io_alive.expired())
+      if (!s->io_alive.expired() && s->reap_later != nullptr) {
+        auto* const reap = s->reap_later;
+        reap(std::move(s));
+      } else {
         detail::orphans().adopt(std::move(s->pidfd));  // its context is gone: reaped later
-      else if (s->reap_later)
-        s->reap_later(std::move(s));
-      else
-        detail::orphans().adopt(std::move(s->pidfd));
+      }
     } catch (...) {
       // Lost (reaped elsewhere) or unsignalable: nothing more to do for it.
     }
