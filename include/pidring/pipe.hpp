@@ -149,13 +149,14 @@ class pipe_reader {
   static constexpr std::size_t chunk = 64 * 1024;
   static constexpr std::size_t min_step = 64 << 10, max_step = 16 << 20;
 
-  // Makes room for the next read after `used` bytes: zero-fills a step within the reserved
-  // capacity (what is still hoped for, or a quarter of what is there; 64 KiB-16 MiB), and
-  // reallocates geometrically beyond it. Small outputs stay small.
+  // Makes room for the next read after `used` bytes: zero-fills a step (what is still hoped
+  // for, or a quarter of what is there; 64 KiB-16 MiB) within the capacity there is, and
+  // reallocates (geometrically) only when that is full: a reallocation copies everything read
+  // so far into fresh memory. Small outputs stay small.
   static void grow(std::string& out, std::size_t used, std::size_t hoped_end) {
     const std::size_t want = std::max(used / 4, hoped_end > used ? hoped_end - used : 0);
     const std::size_t step = std::clamp(want, min_step, max_step);
-    if (out.capacity() < used + step) out.reserve(std::max(used + step, 2 * out.capacity()));
+    if (out.capacity() == used) out.reserve(std::max(used + step, 2 * out.capacity()));
     out.resize(std::min(out.capacity(), used + step));
   }
 
