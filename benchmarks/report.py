@@ -464,11 +464,15 @@ def document(R, plots, notes, doc):
     ex = R.get("exit")
     if ex:
         L.append("## Exit → resume latency\n")
-        L.append(f"The child (forked, {c['exit_n']} per round, each sleeping 1 ms first so that the parent is "
-                 "already waiting) writes CLOCK_MONOTONIC to shared memory just before `_exit`; the parent "
-                 "reads the clock as soon as its waiter runs (the coroutine after `co_await child.wait()`, "
+        L.append(f"The child (forked, {c['exit_n']} per waiter per round, each sleeping 1 ms first so that the "
+                 "parent is already waiting) writes CLOCK_MONOTONIC to shared memory just before `_exit`; the "
+                 "parent reads the clock as soon as its waiter runs (the coroutine after `co_await child.wait()`, "
                  "the thread after `waitpid` returns, or after `epoll_wait` + `waitid`). Both ends reap the "
-                 "child before reading the clock. Median per round, then median of rounds.\n")
+                 "child before reading the clock. Every waiter runs in one process (`bench_exit_latency "
+                 "interleaved`), sample by sample in rotating order, with every io_context open throughout: most "
+                 "of the latency is the child tearing down its copy of the parent's address space, which "
+                 "drifts over minutes and grows with what the parent has mapped, so only waiters measured side "
+                 "by side from the same parent compare. Median per round, then median of rounds.\n")
         base = ex.get(WAITPID)
         L.append(md_table(["Waiter", "median", "/ waitpid"],
                           [(k, f"{v:.0f} µs", fmt(ratio(v, base))) for k, v in ex.items()]))
