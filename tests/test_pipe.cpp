@@ -72,7 +72,7 @@ TEST_CASE("a filter's output lands in the room reserved for it: no copy into a b
   // the reservation would copy everything read so far into fresh memory twice the size (for a
   // 256 MiB capture: 512 MiB touched, a second or more on a VM).
   pidring::io_context io(test_util::wait_paths());
-  const std::size_t size = (std::size_t{40} << 20) + 123;
+  const std::size_t size = (std::size_t{8} << 20) + 123;
   auto t = [&]() -> pidring::task<pidring::completed> {
     pidring::run_options o;
     o.input = std::string(size, 'c');
