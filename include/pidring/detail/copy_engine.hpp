@@ -41,9 +41,6 @@ inline constexpr std::uint64_t no_limit = std::numeric_limits<std::uint64_t>::ma
 inline constexpr std::uint64_t default_cfr_chunk = 8ull << 20;  // per copy_file_range call
 inline constexpr std::uint64_t default_rw_chunk = 256ull << 10; // per read/write (fits in L2)
 inline constexpr std::uint64_t max_rw_chunk = 64ull << 20;      // buffer bound per thread
-inline constexpr std::uint64_t readahead_from = 64ull << 20;    // files this big read ahead...
-inline constexpr std::uint64_t readahead_window = 32ull << 20;  // ...this far
-inline constexpr std::uint64_t readahead_step = 8ull << 20;
 
 // The errors with which a method says "not here" on its first call; only these make `automatic`
 // try the next method.
@@ -190,31 +187,6 @@ struct lane_result {
   engine_method method = engine_method::copy_file_range;
 };
 
-// Keeps the page cache ahead of a big cold copy: POSIX_FADV_WILLNEED up to `window` past `pos`,
-// a step at a time. WILLNEED starts the reads without waiting for them and leaves the file's own
-// read-ahead state alone; on pages already cached it only looks them up (about 1 % of the time
-// of copying them). A 1-byte RWF_NOWAIT probe to skip cached steps was tried and dropped: that
-// read moves the file's read-ahead state away from the copy's position, which then looks random.
-class read_ahead {
- public:
-  read_ahead(int fd, std::uint64_t end, bool on) : fd_(fd), end_(end), on_(on) {}
-  void before(std::uint64_t pos) noexcept {
-    if (!on_) return;
-    if (ahead_ < pos) ahead_ = pos;
-    while (ahead_ < end_ && ahead_ < pos + readahead_window) {
-      const std::uint64_t len = std::min(readahead_step, end_ - ahead_);
-      ::posix_fadvise(fd_, static_cast<off_t>(ahead_), static_cast<off_t>(len), POSIX_FADV_WILLNEED);
-      ahead_ += len;
-    }
-  }
-
- private:
-  int fd_;
-  std::uint64_t end_;
-  bool on_;
-  std::uint64_t ahead_ = 0;
-};
-
 // One pread + pwrite step at `pos` (at most `want` bytes): the bytes copied, 0 at end of file.
 inline std::uint64_t read_write_step(int in, int out, std::uint64_t pos, std::uint64_t want,
                                      std::span<std::byte> buf, const std::string& who) {
@@ -250,14 +222,11 @@ inline lane_result copy_lane(const data_request& r, engine_method method, bool f
   res.method = method;
   const std::uint64_t cfr_chunk = request_size(r.chunk, default_cfr_chunk, r.block);
   std::span<std::byte> buf;
-  const std::uint64_t last = ranges.empty() ? 0 : ranges.back().end();
-  read_ahead ahead(r.in, last, last - (ranges.empty() ? 0 : ranges.front().offset) >= readahead_from);
   bool first = true;
   for (const extent& e : ranges) {
     std::uint64_t pos = e.offset;
     while (pos < e.end()) {
       if (ctl.stopped()) throw_cancelled(who);
-      ahead.before(pos);
       std::uint64_t n;
       if (res.method == engine_method::copy_file_range) {
         auto in_off = static_cast<off_t>(pos), out_off = static_cast<off_t>(pos);
