@@ -93,7 +93,9 @@ class event_loop {
   event_loop(pidring::backend requested, unsigned entries, bool use_waitid)
       : backend_(make_backend(requested, entries, use_waitid)) {
     owner_.store(std::this_thread::get_id());
+    // Both: they swap in flush_ready, and a completion should not allocate.
     ready_.reserve(64);
+    resuming_.reserve(64);
     wake_.loop = this;
   }
   event_loop(const event_loop&) = delete;
