@@ -101,6 +101,8 @@ def interleave(targets, rounds, before=None, warmup=1, key=None):
                 samples[name].append(v)
         log(f"    round {r + 1}/{warmup + rounds}" + (" (warm-up)" if r < warmup else ""))
     med = {k: (statistics.median(v) if v else None) for k, v in samples.items()}
+    if key:
+        SAMPLES[key] = samples  # kept in the results: a median alone hides an outlier round
     return med, samples
 
 
@@ -216,6 +218,7 @@ GATE = IdleGate(1.5, 1.5, 180, 3600, 0.5)
 
 BACKENDS = ("io_uring", "epoll")
 SEEN = {}  # "workload key" -> {target: sorted backends the program reported}
+SAMPLES = {}  # workload key -> {target: [every measured round]}
 
 
 def backend_env(backend):
@@ -388,6 +391,7 @@ def w_exit(a, R):
             said = "io_uring waitid" if mode == "io_uring-waitid" else mode.split("-")[0]
             if said not in seen:
                 seen.append(said)
+    SAMPLES["exit"] = samples
     R["exit"] = {k: statistics.median(v) for k, v in samples.items()}
 
 
@@ -866,6 +870,7 @@ def main():
         R.setdefault("durations_s", {})[name] = round(time.time() - tw)
         R.setdefault("rounds", {}).update(GATE.rounds)
         R.setdefault("backends_seen", {}).update(SEEN)
+        R.setdefault("samples", {}).update(SAMPLES)
         R["idle_gate"] = {"load": a.idle_load, "runq": GATE.runq, "timeout_s": a.idle_timeout,
                           "budget_s": a.idle_budget, "sample_s": a.idle_sample, "waited_s": round(GATE.waited, 1)}
         with open(a.results, "w") as f:
