@@ -22,6 +22,7 @@
 #include <cstring>
 #include <filesystem>
 #include <map>
+#include <mutex>
 #include <set>
 #include <string>
 #include <system_error>
@@ -258,9 +259,13 @@ TEST_CASE("copy_tree: the tree appears complete or not at all: built under a hid
   test_util::temp_dir dir;
   make_rich_tree(dir / "src");
   copy_hooks_guard hooks;
+  std::mutex m;  // the hook runs on the pool's threads, several files at once
   std::vector<std::vector<std::string>> seen;
   hooks->at = [&](std::string_view point, std::string_view) {
-    if (point == "tree-file" || point == "publish") seen.push_back(entries(dir.path()));
+    if (point != "tree-file" && point != "publish") return;
+    std::vector<std::string> names = entries(dir.path());
+    std::lock_guard lock(m);
+    seen.push_back(std::move(names));
   };
   copy_tree(dir / "src", dir / "dst", {});
   REQUIRE(!seen.empty());
