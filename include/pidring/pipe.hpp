@@ -151,12 +151,14 @@ class pipe_reader {
 
   // Makes room for the next read after `used` bytes: zero-fills a step (what is still hoped
   // for, or a quarter of what is there; 64 KiB-16 MiB) within the capacity there is, and
-  // reallocates (geometrically) only when that is full: a reallocation copies everything read
-  // so far into fresh memory. Small outputs stay small.
+  // reallocates (geometrically) only when less than 64 KiB of it is left: a reallocation copies
+  // everything read so far into fresh memory, so a reservation made for the expected size is
+  // used to its end (read_into reserves 64 KiB more than that, for the read that sees end of
+  // file). Small outputs stay small.
   static void grow(std::string& out, std::size_t used, std::size_t hoped_end) {
     const std::size_t want = std::max(used / 4, hoped_end > used ? hoped_end - used : 0);
     const std::size_t step = std::clamp(want, min_step, max_step);
-    if (out.capacity() == used) out.reserve(std::max(used + step, 2 * out.capacity()));
+    if (out.capacity() - used < min_step) out.reserve(std::max(used + step, 2 * out.capacity()));
     out.resize(std::min(out.capacity(), used + step));
   }
 
