@@ -78,8 +78,6 @@ pid_t fork_child() {
   return pid;
 }
 
-}  // namespace
-
 double waitpid_sample() {
   const pid_t pid = fork_child();
   int status;
@@ -138,6 +136,8 @@ int interleaved(unsigned long n) {
   return 0;
 }
 
+}  // namespace
+
 int main(int argc, char** argv) {
   if (argc < 3) {
     std::fprintf(stderr, "usage: %s pidring|pidring-waitid|pidring-poll|waitpid|epoll-pidfd|interleaved SAMPLES\n", argv[0]);
@@ -159,36 +159,15 @@ int main(int argc, char** argv) {
     io.run(pidring_samples(io, n, lat));
     bench::show_backend(io);
   } else if (mode == "waitpid") {
-    for (unsigned long i = 0; i < n; ++i) {
-      pid_t pid = fork_child();
-      int status;
-      ::waitpid(pid, &status, 0);
-      const auto resumed = bench::now_ns();
-      lat.push_back(static_cast<double>(resumed - exit_stamp->load()) / 1e3);
-    }
+    for (unsigned long i = 0; i < n; ++i) lat.push_back(waitpid_sample());
   } else if (mode == "epoll-pidfd") {
-    int ep = ::epoll_create1(EPOLL_CLOEXEC);
-    for (unsigned long i = 0; i < n; ++i) {
-      pid_t pid = fork_child();
-      int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
-      epoll_event ev{};
-      ev.events = EPOLLIN;
-      ::epoll_ctl(ep, EPOLL_CTL_ADD, pidfd, &ev);
-      epoll_event got{};
-      while (::epoll_wait(ep, &got, 1, -1) != 1) {
-      }
-      siginfo_t si{};
-      ::waitid(static_cast<idtype_t>(P_PIDFD), static_cast<id_t>(pidfd), &si, WEXITED);
-      const auto resumed = bench::now_ns();
-      lat.push_back(static_cast<double>(resumed - exit_stamp->load()) / 1e3);
-      ::close(pidfd);
-    }
+    const int ep = ::epoll_create1(EPOLL_CLOEXEC);
+    for (unsigned long i = 0; i < n; ++i) lat.push_back(epoll_pidfd_sample(ep));
     ::close(ep);
   } else {
     std::fprintf(stderr, "unknown mode %s\n", mode.c_str());
     return 2;
   }
-  std::sort(lat.begin(), lat.end());
-  std::printf("%.3f\n", lat[lat.size() / 2]);
+  std::printf("%.3f\n", median(std::move(lat)));
   return 0;
 }
