@@ -84,11 +84,11 @@ for cxx in "${compilers[@]}"; do
       # g++ 12 and clang 14): -O0 keeps the frame pointer anyway, and clang's -Og is its -O1.
       [ "$level" = "-O0" ] && [ -n "$fp" ] && continue
       [ "$level" = "-Og" ] && "$cxx" --version 2>/dev/null | grep -q clang && continue
-      name="$(basename "$cxx")${level}${fp:+-fp}"
-      names+=("$name")
       # The copier only at -O2 (see matrix.cpp): it has no child-side code or asm.
       copy=""
-      [ "$level" = "-O2" ] && [ -z "$fp" ] && copy="-DPIDRING_MATRIX_COPY" && name="$name+copy" && names[-1]=$name
+      [ "$level" = "-O2" ] && [ -z "$fp" ] && copy="-DPIDRING_MATRIX_COPY"
+      name="$(basename "$cxx")${level}${fp:+-fp}${copy:++copy}"
+      names+=("$name")
       # At most $jobs builds at once (the machine is shared: never more than -j2 by default).
       while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do wait -n; done
       # shellcheck disable=SC2086  # $fp is empty or one flag
