@@ -407,8 +407,7 @@ std::vector<pidring::child> gated_children(pidring::io_context& io, int gate_rea
   pidring::spawn_options o;
   o.in = pidring::stdio::fd(gate_read);
   for (std::size_t i = 0; i < n; ++i) {
-    pidring::command cmd{"/bin/sh", "-c", "read x; exit $1", "sh", std::to_string(i % 100)};
-    cs.push_back(pidring::spawn(io, cmd, o));
+    cs.push_back(pidring::spawn(io, test_util::gated_exit(static_cast<int>(i % 100)), o));
   }
   return cs;
 }

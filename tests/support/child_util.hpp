@@ -7,10 +7,12 @@
 //   auto maybe = io.run(test_util::wait_at_most(c, 10s));     // nullopt if it has not ended
 //   io.run(pidring::when_all(std::move(waits_then_gate)));    // ... test_util::open_gate(fd) last
 //   pidring::spawn(io, test_util::exit_with, 3);              // a callable child that exits 3
+//   pidring::spawn(io, test_util::gated_exit(3), o);          // exits 3 once its stdin ends
 #pragma once
 
 #include <pidring/child.hpp>
 #include <pidring/exit_status.hpp>
+#include <pidring/spawn.hpp>
 #include <pidring/task.hpp>
 
 #include <unistd.h>
@@ -18,7 +20,12 @@
 #include <chrono>
 #include <csignal>
 #include <optional>
+#include <string>
 #include <utility>
+
+#ifndef PIDRING_TEST_STATIC_CHILD
+#error "PIDRING_TEST_STATIC_CHILD (the path of tests/static_child, set by tests/CMakeLists.txt) is not defined"
+#endif
 
 namespace test_util {
 
@@ -39,6 +46,18 @@ inline pidring::task<pidring::exit_status> open_gate(int& gate_fd) {
   ::close(std::exchange(gate_fd, -1));
   co_return pidring::exit_status::from_wait_status(0);
 }
+
+// The tests' own child program (tests/static_child/static_child.c), for the tests that spawn
+// hundreds or thousands of children: it is linked statically, so its exec costs about half of
+// what /bin/sh's or cat's does. Tests about the shell or about finding a program keep those.
+//
+// A child that waits for its stdin to end (a gate: see open_gate) or to give it a line, then
+// exits with `code` (0-255): what `sh -c 'read x; exit CODE'` does.
+inline pidring::command gated_exit(int code) {
+  return pidring::command{PIDRING_TEST_STATIC_CHILD, "gate", std::to_string(code)};
+}
+// A child that copies its stdin to its stdout until end of file, then exits 0: what `cat` does.
+inline pidring::command static_cat() { return pidring::command{PIDRING_TEST_STATIC_CHILD, "cat"}; }
 
 // A callable child: spawn(io, test_util::exit_with, code).
 inline int exit_with(int code) { return code; }
