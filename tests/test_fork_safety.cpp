@@ -315,6 +315,38 @@ TEST_CASE("safety: spawn_daemon with a missing cwd throws ENOENT naming the cwd,
   }
 }
 
+// ---- a program child inherits no other fd, on every kernel --------------------------------
+
+TEST_CASE("safety: a program sees only fds 0-2 and pass_fds on every kernel: close_range marking close-on-exec (5.11+), closing (5.9, 5.10), or a close loop",
+          "[safety][fds]") {
+  // The child marks the parent's fds close-on-exec rather than closing them (execve closes them
+  // once the parent runs again); older kernels refuse the flag or the call, simulated here.
+  constexpr std::uint32_t close_range_cloexec = 1u << 2;
+  const int kernel = GENERATE(0, 1, 2);
+  const char* kernels[] = {"5.11+", "5.9-5.10 (CLOSE_RANGE_CLOEXEC refused: EINVAL)", "before 5.9 (no close_range: ENOSYS)"};
+  INFO("kernel: " << kernels[kernel]);
+  const auto r = safety::run_watched([kernel] {
+    if (kernel == 1) reliability::deny_syscall(SYS_close_range, EINVAL, close_range_cloexec, 2);
+    if (kernel == 2) reliability::deny_syscall(SYS_close_range, ENOSYS);
+    const int leaky = ::open("/dev/null", O_RDONLY);  // no O_CLOEXEC
+    const int passed = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+    expect(leaky >= 0 && passed > leaky, "opened two fds");
+    pidring::io_context io;
+    pidring::run_options o;
+    o.spawn.pass_fds = {passed};
+    // "; true" keeps sh from exec'ing ls in its place: ls lists the shell's fds, not its own.
+    pidring::command list{"sh", "-c", "ls -v /proc/$$/fd; true"};
+    auto listed = [&]() -> pidring::task<std::string> {
+      auto got = co_await pidring::run(io, list, o);
+      co_return got.out;
+    };
+    const std::string seen = io.run(listed());
+    const std::string want = "0\n1\n2\n" + std::to_string(passed) + "\n";
+    expect(seen == want, "the child's fds are 0-2 and " + std::to_string(passed) + "; it has: " + seen);
+  });
+  safety::require_ok(r);
+}
+
 // ---- item 9: pass_fds and stdio::fd are checked before anything is created ------------------
 
 TEST_CASE("safety: pass_fds naming a closed fd is EBADF even when the stdio pipes would reuse its number",

@@ -21,6 +21,7 @@
 #include <cerrno>
 #include <csignal>
 #include <cstddef>
+#include <cstdint>
 #include <cstdio>
 #include <exception>
 #include <functional>
@@ -134,25 +135,36 @@ inline rlim_t nofile_soft_limit() {
 }
 
 // Makes the system call `nr` fail with `err` for this process and its future children:
-// PR_SET_NO_NEW_PRIVS + a three-instruction seccomp filter (x86-64 only; elsewhere skipped).
-inline void deny_syscall(long nr, int err) {
+// PR_SET_NO_NEW_PRIVS + a seccomp filter (x86-64 only; elsewhere skipped). With `flags`, only
+// the calls whose argument number `arg` has one of those bits set fail, as on a kernel older
+// than those flags (close_range's CLOSE_RANGE_CLOEXEC: EINVAL on 5.9 and 5.10).
+inline void deny_syscall(long nr, int err, std::uint32_t flags = 0, unsigned arg = 0) {
 #if defined(__x86_64__)
-  sock_filter code[] = {
-      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, static_cast<__u32>(offsetof(seccomp_data, arch))),
+  const auto at = [](std::size_t offset) { return static_cast<__u32>(offset); };
+  std::vector<sock_filter> code = {
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, at(offsetof(seccomp_data, arch))),
       BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 1, 0),
       BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
-      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, static_cast<__u32>(offsetof(seccomp_data, nr))),
-      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, static_cast<__u32>(nr), 0, 1),
-      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (static_cast<__u32>(err) & SECCOMP_RET_DATA)),
-      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, at(offsetof(seccomp_data, nr))),
+      // Another call: on to the last instruction (allow).
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, static_cast<__u32>(nr), 0, static_cast<__u8>(flags != 0 ? 3 : 1)),
   };
-  sock_fprog prog{static_cast<unsigned short>(sizeof code / sizeof code[0]), code};
+  if (flags != 0) {
+    // The argument's low 32 bits (x86-64 is little-endian); none of the flags: allowed.
+    code.push_back(BPF_STMT(BPF_LD | BPF_W | BPF_ABS, at(offsetof(seccomp_data, args) + arg * sizeof(__u64))));
+    code.push_back(BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, flags, 0, 1));
+  }
+  code.push_back(BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (static_cast<__u32>(err) & SECCOMP_RET_DATA)));
+  code.push_back(BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW));
+  sock_fprog prog{static_cast<unsigned short>(code.size()), code.data()};
   if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) test_util::throw_errno(errno, "PR_SET_NO_NEW_PRIVS");
   if (::syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog) != 0)
     test_util::throw_errno(errno, "seccomp(SECCOMP_SET_MODE_FILTER)");
 #else
   (void)nr;
   (void)err;
+  (void)flags;
+  (void)arg;
   throw scenario_skip("the seccomp filter of these tests is written for x86-64 only");
 #endif
 }

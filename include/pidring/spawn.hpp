@@ -432,7 +432,7 @@ struct callable_launch {
   // In the child (a glibc fork() child): set up, name, run f, _exit.
   template <class F>
   [[noreturn]] void run_child(const spawn_options& o, F& f) noexcept {
-    child_setup(plan);  // on failure it exits 127 by itself
+    child_setup(plan, false);  // on failure it exits 127 by itself
     if (!o.name.empty()) ::prctl(PR_SET_NAME, o.name.c_str(), 0, 0, 0);
     run_callable_child(f);
   }

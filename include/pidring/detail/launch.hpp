@@ -162,16 +162,23 @@ PIDRING_NO_SANITIZE inline void child_signals(const launch_plan& p) noexcept {
   }
 }
 
+// Closes [first, last]. A child about to exec only marks them close-on-exec
+// (CLOSE_RANGE_CLOEXEC, Linux 5.11): execve closes them after it has released the parent
+// (CLONE_VFORK), so a parent with thousands of fds open (a pidfd per child) does not wait while
+// its child drops every one. Older kernels refuse the flag (EINVAL, ENOSYS before 5.9): then
+// they are closed here.
 PIDRING_NO_SANITIZE inline void child_close_range(const launch_plan& p, unsigned first,
-                                                  unsigned last) noexcept {
+                                                  unsigned last, bool will_exec) noexcept {
   if (first > last) return;
+  constexpr long close_range_cloexec = 1L << 2;  // CLOSE_RANGE_CLOEXEC (<linux/close_range.h>)
+  if (will_exec && child_syscall(PIDRING_SYS_CLOSE_RANGE, first, last, close_range_cloexec) == 0) return;
   if (child_syscall(PIDRING_SYS_CLOSE_RANGE, first, last, 0) == 0) return;
   const unsigned end = last < static_cast<unsigned>(p.max_fd) ? last : static_cast<unsigned>(p.max_fd);
   for (unsigned fd = first; fd <= end; ++fd) child_syscall(SYS_close, fd);
 }
 
-// Set-up shared by programs and callables. Returns normally only if every step worked.
-PIDRING_NO_SANITIZE inline void child_setup(launch_plan& p) noexcept {
+// Set-up shared by programs (will_exec) and callables. Returns normally only if every step worked.
+PIDRING_NO_SANITIZE inline void child_setup(launch_plan& p, bool will_exec) noexcept {
   long r;
   child_signals(p);
   // First the working directory: the directory fd of a callable may be any number, and the
@@ -210,12 +217,12 @@ PIDRING_NO_SANITIZE inline void child_setup(launch_plan& p) noexcept {
   unsigned lo = 3;
   for (std::size_t i = 0; i < p.keep_count; ++i) {
     const int k = p.keep_fds[i];
-    child_close_range(p, lo, static_cast<unsigned>(k) - 1);
+    child_close_range(p, lo, static_cast<unsigned>(k) - 1, will_exec);
     r = child_syscall(SYS_fcntl, k, F_SETFD, 0);
     if (r < 0) child_fail(p, launch_step::close_fds, r);
     lo = static_cast<unsigned>(k) + 1;
   }
-  child_close_range(p, lo, ~0U);
+  child_close_range(p, lo, ~0U, will_exec);
   if (p.new_session) {
     r = child_syscall(SYS_setsid);
     if (r < 0) child_fail(p, launch_step::setsid, r);
@@ -241,7 +248,7 @@ PIDRING_NO_SANITIZE inline bool exec_try_next(long err) noexcept {
 }
 
 [[noreturn]] PIDRING_NO_SANITIZE inline void child_exec(launch_plan& p) noexcept {
-  child_setup(p);
+  child_setup(p, true);
   p.error = 0;  // reached exec: from here on a death is the program's own
   // execvp's rules: go on after ENOENT, ENOTDIR, EACCES (and the like); EACCES wins if nothing
   // runs; any other error ends the search. With one explicit path, report what execve said.
