@@ -8,7 +8,7 @@
 //         IORING_OP_WAITID, exit 3 without it; -poll never uses it)
 //         waitpid (the thread blocked in waitpid) | epoll-pidfd (epoll_wait on a pidfd, then waitid)
 //
-//   bench_exit_latency interleaved SAMPLES
+//   bench_exit_latency interleaved SAMPLES [exec]
 //
 // Every waiter in one process, sample by sample in rotating order: pidring on io_uring with
 // IORING_OP_WAITID (io_uring-waitid, when the kernel has it), on io_uring polling the pidfd
@@ -17,6 +17,13 @@
 // down its copy of the parent's address space), which drifts over a run and grows with what the
 // parent has mapped: here every child is forked from the same parent, which holds every
 // io_context from start to end, at the same moments, so the ratios compare the waiters alone.
+//
+// Forked children (the default) leave every page of the parent copy-on-write until the parent
+// writes it again: the first write to each page after a fork is a page fault, so a waiter is
+// charged for every page its wake-up path writes (here ~19 us a page). With `exec` the children
+// are programs (this one, re-executed as `child-exit`), started the way pidring starts a command
+// and posix_spawn starts any program (clone(CLONE_VM | CLONE_VFORK), no copy-on-write): the
+// latency of the waiters alone, as a build tool or test runner sees it.
 
 #include "bench_backend.hpp"
 #include "bench_common.hpp"
@@ -26,7 +33,10 @@
 #include <pidring/task.hpp>
 #include <pidring/this_process.hpp>
 
+#include <fcntl.h>
+#include <spawn.h>
 #include <sys/epoll.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -35,6 +45,7 @@
 #include <functional>
 #include <atomic>
 #include <cstdio>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -45,16 +56,27 @@ constexpr useconds_t child_delay_us = 1000;
 
 std::atomic<std::int64_t>* exit_stamp;
 
+// Children as programs (`exec`): this program, run as `child-exit SHM_PATH`, with the stamp in
+// a shared file both map.
+bool exec_children = false;
+std::string self_path, shm_path;
+
 [[noreturn]] void child_body() {
   ::usleep(child_delay_us);
   exit_stamp->store(bench::now_ns(), std::memory_order_release);
   ::_exit(0);
 }
 
+pidring::child spawn_child(pidring::io_context& io) {
+  if (!exec_children) return pidring::spawn(io, [] { child_body(); });
+  const pidring::command cmd{self_path, "child-exit", shm_path};
+  return pidring::spawn(io, cmd);
+}
+
 pidring::task<void> pidring_samples(pidring::io_context& io, unsigned long n,
                                     std::vector<double>& out) {
   for (unsigned long i = 0; i < n; ++i) {
-    pidring::child c = pidring::spawn(io, [] { child_body(); });
+    pidring::child c = spawn_child(io);
     co_await c.wait();
     const auto resumed = bench::now_ns();
     out.push_back(static_cast<double>(resumed - exit_stamp->load(std::memory_order_acquire)) / 1e3);
@@ -69,6 +91,15 @@ double pidring_sample(pidring::io_context& io) {
 }
 
 pid_t fork_child() {
+  if (exec_children) {
+    const char* argv[] = {self_path.c_str(), "child-exit", shm_path.c_str(), nullptr};
+    pid_t pid = 0;
+    if (const int e = ::posix_spawn(&pid, self_path.c_str(), nullptr, nullptr, const_cast<char**>(argv), environ)) {
+      std::fprintf(stderr, "posix_spawn: %s\n", std::strerror(e));
+      std::exit(2);
+    }
+    return pid;
+  }
   pid_t pid = ::fork();
   if (pid == 0) child_body();
   if (pid < 0) {
@@ -140,15 +171,40 @@ int interleaved(unsigned long n) {
 
 int main(int argc, char** argv) {
   if (argc < 3) {
-    std::fprintf(stderr, "usage: %s pidring|pidring-waitid|pidring-poll|waitpid|epoll-pidfd|interleaved SAMPLES\n", argv[0]);
+    std::fprintf(stderr, "usage: %s pidring|pidring-waitid|pidring-poll|waitpid|epoll-pidfd SAMPLES | interleaved SAMPLES [exec]\n", argv[0]);
     return 2;
   }
   const std::string mode = argv[1];
+  if (mode == "child-exit") {  // an exec'd child: stamp the shared file's clock and exit
+    const int fd = ::open(argv[2], O_RDWR | O_CLOEXEC);
+    void* shm = fd < 0 ? MAP_FAILED : ::mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (shm == MAP_FAILED) ::_exit(2);
+    exit_stamp = static_cast<std::atomic<std::int64_t>*>(shm);
+    child_body();
+  }
   const unsigned long n = bench::arg_or(argc, argv, 2, 300);
-  void* shm = ::mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  exec_children = mode == "interleaved" && argc > 3 && std::string(argv[3]) == "exec";
+  void* shm = MAP_FAILED;
+  if (exec_children) {
+    char self[4096];
+    const ssize_t len = ::readlink("/proc/self/exe", self, sizeof self - 1);
+    if (len <= 0) return 2;
+    self_path.assign(self, static_cast<std::size_t>(len));
+    shm_path = "/dev/shm/pidring-exit-latency-" + std::to_string(::getpid());
+    const int fd = ::open(shm_path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0 || ::ftruncate(fd, 4096) != 0) return 2;
+    shm = ::mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    ::close(fd);
+  } else {
+    shm = ::mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  }
   if (shm == MAP_FAILED) return 2;
   exit_stamp = new (shm) std::atomic<std::int64_t>(0);
-  if (mode == "interleaved") return interleaved(n);
+  if (mode == "interleaved") {
+    const int rc = interleaved(n);
+    if (exec_children) ::unlink(shm_path.c_str());
+    return rc;
+  }
   std::vector<double> lat;
   lat.reserve(n);
 

@@ -367,32 +367,36 @@ def w_exit(a, R):
     """Every waiter in one process per round, sample by sample (bench_exit_latency interleaved):
     the child's own exit dominates the latency and drifts, so separate processes measured minutes
     apart compare the drift more than the waiters. Each round gives one median per waiter; the
-    result is the median of the rounds."""
+    result is the median of the rounds. Two kinds of child, alternating by round: forked (R["exit"]:
+    a callable child; every page the parent writes after the fork faults once) and programs
+    (R["exit_exec"]: started as posix_spawn and pidring start commands, without copy-on-write)."""
     log(f"exit -> resume latency, {a.exit_n} children per waiter per round, all waiters in one process")
     names = {"io_uring-waitid": PIDRING_IO_URING, "io_uring-poll": PIDRING_IO_URING_POLL,
              "epoll": PIDRING_EPOLL, "waitpid": "thread blocked in waitpid",
              "epoll-pidfd": "epoll on a pidfd"}
-    samples = {}
+    kinds = {"exit": [], "exit_exec": ["exec"]}
+    samples = {k: {} for k in kinds}
     GATE.begin("exit")
     for r in range(1 + a.rounds):
-        GATE.wait("exit")
-        out = out_of([f"{a.bin}/bench_exit_latency", "interleaved", str(a.exit_n)])
-        if r == 0:
-            log(f"    round 1/{1 + a.rounds} (warm-up)")
-            continue
-        for line in out.splitlines():
-            mode, us = line.split()
-            samples.setdefault(names[mode], []).append(float(us))
-        log(f"    round {r + 1}/{1 + a.rounds}")
+        for key, extra in kinds.items():
+            GATE.wait("exit")
+            out = out_of([f"{a.bin}/bench_exit_latency", "interleaved", str(a.exit_n)] + extra)
+            if r == 0:
+                continue
+            for line in out.splitlines():
+                mode, us = line.split()
+                samples[key].setdefault(names[mode], []).append(float(us))
+        log(f"    round {r + 1}/{1 + a.rounds}" + (" (warm-up)" if r == 0 else ""))
     # The program runs each pidring waiter on a context made with that backend explicitly.
     for mode, name in names.items():
-        if name in samples and mode.split("-")[0] in BACKENDS:
+        if name in samples["exit"] and mode.split("-")[0] in BACKENDS:
             seen = SEEN.setdefault("exit", {}).setdefault(name, [])
             said = "io_uring waitid" if mode == "io_uring-waitid" else mode.split("-")[0]
             if said not in seen:
                 seen.append(said)
-    SAMPLES["exit"] = samples
-    R["exit"] = {k: statistics.median(v) for k, v in samples.items()}
+    for key in kinds:
+        SAMPLES[key] = samples[key]
+        R[key] = {k: statistics.median(v) for k, v in samples[key].items()}
 
 
 def w_many(a, R):
