@@ -258,7 +258,7 @@ def gnuplot(script):
     subprocess.run(["gnuplot"], input=script, text=True, check=True)
 
 
-def bars(path, title, ylabel, labels, series, logscale=False):
+def bars(path, title, ylabel, labels, series, logscale=False, key="top right"):
     """labels: x categories; series: [(name, [values])]. Writes a PNG of clustered bars."""
     data = path + ".dat"
     with open(data, "w") as f:
@@ -279,7 +279,7 @@ set style histogram clustered gap 1
 set style fill solid 0.85 border -1
 set boxwidth 0.9
 set grid ytics
-set key top right
+set key {key} opaque
 set xtics rotate by -30 scale 0 nomirror
 set bmargin 9
 set rmargin 8
@@ -322,7 +322,8 @@ def make_plots(R, d):
         if all(l in exe for l in labels):
             ser.append(("program child", [exe[l] for l in labels]))
         p = os.path.join(d, "exit_latency.png")
-        bars(p, "child _exit → waiter running (median), lower is better", "microseconds", labels, ser)
+        bars(p, "child _exit → waiter running (median), lower is better", "microseconds", labels, ser,
+             key="top left")
         made["exit"] = p
     cp = R.get("copy", {})
     groups = {}
