@@ -13,12 +13,8 @@
 #include <catch2/matchers/catch_matchers_string.hpp>
 
 #include <fcntl.h>
-#include <linux/audit.h>
-#include <linux/filter.h>
-#include <linux/seccomp.h>
 #include <pthread.h>
 #include <sys/mman.h>
-#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -86,29 +82,6 @@ std::pair<int, int> next_two_free_fds() {
   return {a, b};
 }
 
-// Makes the system call `nr` kill the calling process with SIGSYS (seccomp), in this process and
-// every child it starts from now on.
-void kill_process_on_syscall(long nr) {
-#if defined(__x86_64__)
-  sock_filter code[] = {
-      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, static_cast<__u32>(offsetof(seccomp_data, arch))),
-      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 1, 0),
-      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
-      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, static_cast<__u32>(offsetof(seccomp_data, nr))),
-      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, static_cast<__u32>(nr), 0, 1),
-      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS),
-      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
-  };
-  sock_fprog prog{static_cast<unsigned short>(sizeof code / sizeof code[0]), code};
-  if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) test_util::throw_errno(errno, "PR_SET_NO_NEW_PRIVS");
-  if (::syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog) != 0)
-    test_util::throw_errno(errno, "seccomp(SECCOMP_SET_MODE_FILTER)");
-#else
-  (void)nr;
-  throw safety::scenario_skip("the seccomp filter of this test is written for x86-64 only");
-#endif
-}
-
 // Until this process has no child (or `limit` passes): a child left behind shows as a pid.
 std::string children_left(std::chrono::milliseconds limit = 2000ms) {
   const auto end = std::chrono::steady_clock::now() + limit;
@@ -153,7 +126,7 @@ void on_signal(int) {}
 TEST_CASE("safety: spawn throws, never returns a handle, when the child dies before exec (seccomp kills it in close_range)",
           "[safety][fork]") {
   const auto r = safety::run_watched([] {
-    kill_process_on_syscall(SYS_close_range);  // the child calls it between clone and exec
+    reliability::kill_process_on_syscall(SYS_close_range);  // the child calls it between clone and exec
     pidring::io_context io;
     pidring::command t{"/bin/true"};
     std::optional<pidring::child> c;
@@ -172,7 +145,7 @@ TEST_CASE("safety: spawn throws, never returns a handle, when the child dies bef
 
 TEST_CASE("safety: spawn_daemon of a program throws when the grandchild dies before exec", "[safety][fork]") {
   const auto r = safety::run_watched([] {
-    kill_process_on_syscall(SYS_close_range);
+    reliability::kill_process_on_syscall(SYS_close_range);
     pidring::command t{"/bin/true"};
     pid_t pid = -1;
     const attempt a = attempt_of([&] { pid = pidring::spawn_daemon(t); });
@@ -321,12 +294,11 @@ TEST_CASE("safety: a program sees only fds 0-2 and pass_fds on every kernel: clo
           "[safety][fds]") {
   // The child marks the parent's fds close-on-exec rather than closing them (execve closes them
   // once the parent runs again); older kernels refuse the flag or the call, simulated here.
-  constexpr std::uint32_t close_range_cloexec = 1u << 2;
   const int kernel = GENERATE(0, 1, 2);
   const char* kernels[] = {"5.11+", "5.9-5.10 (CLOSE_RANGE_CLOEXEC refused: EINVAL)", "before 5.9 (no close_range: ENOSYS)"};
   INFO("kernel: " << kernels[kernel]);
   const auto r = safety::run_watched([kernel] {
-    if (kernel == 1) reliability::deny_syscall(SYS_close_range, EINVAL, close_range_cloexec, 2);
+    if (kernel == 1) reliability::deny_syscall(SYS_close_range, EINVAL, pidring::detail::close_range_cloexec, 2);
     if (kernel == 2) reliability::deny_syscall(SYS_close_range, ENOSYS);
     const int leaky = ::open("/dev/null", O_RDONLY);  // no O_CLOEXEC
     const int passed = ::open("/dev/null", O_RDONLY | O_CLOEXEC);

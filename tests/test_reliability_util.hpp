@@ -134,11 +134,10 @@ inline rlim_t nofile_soft_limit() {
   return rl.rlim_cur;
 }
 
-// Makes the system call `nr` fail with `err` for this process and its future children:
-// PR_SET_NO_NEW_PRIVS + a seccomp filter (x86-64 only; elsewhere skipped). With `flags`, only
-// the calls whose argument number `arg` has one of those bits set fail, as on a kernel older
-// than those flags (close_range's CLOSE_RANGE_CLOEXEC: EINVAL on 5.9 and 5.10).
-inline void deny_syscall(long nr, int err, std::uint32_t flags = 0, unsigned arg = 0) {
+// Installs a seccomp filter for this process and its future children (PR_SET_NO_NEW_PRIVS
+// first): the system call `nr` gets `action` (a SECCOMP_RET_* value); with `flags`, only the
+// calls whose argument number `arg` has one of those bits set do. x86-64 only; elsewhere skipped.
+inline void filter_syscall(long nr, __u32 action, std::uint32_t flags = 0, unsigned arg = 0) {
 #if defined(__x86_64__)
   const auto at = [](std::size_t offset) { return static_cast<__u32>(offset); };
   std::vector<sock_filter> code = {
@@ -154,7 +153,7 @@ inline void deny_syscall(long nr, int err, std::uint32_t flags = 0, unsigned arg
     code.push_back(BPF_STMT(BPF_LD | BPF_W | BPF_ABS, at(offsetof(seccomp_data, args) + arg * sizeof(__u64))));
     code.push_back(BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, flags, 0, 1));
   }
-  code.push_back(BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (static_cast<__u32>(err) & SECCOMP_RET_DATA)));
+  code.push_back(BPF_STMT(BPF_RET | BPF_K, action));
   code.push_back(BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW));
   sock_fprog prog{static_cast<unsigned short>(code.size()), code.data()};
   if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) test_util::throw_errno(errno, "PR_SET_NO_NEW_PRIVS");
@@ -162,12 +161,22 @@ inline void deny_syscall(long nr, int err, std::uint32_t flags = 0, unsigned arg
     test_util::throw_errno(errno, "seccomp(SECCOMP_SET_MODE_FILTER)");
 #else
   (void)nr;
-  (void)err;
+  (void)action;
   (void)flags;
   (void)arg;
   throw scenario_skip("the seccomp filter of these tests is written for x86-64 only");
 #endif
 }
+
+// Makes the system call `nr` fail with `err` (with `flags`: only the calls whose argument `arg`
+// has one of them, as on a kernel older than those flags: close_range's CLOSE_RANGE_CLOEXEC is
+// EINVAL on 5.9 and 5.10).
+inline void deny_syscall(long nr, int err, std::uint32_t flags = 0, unsigned arg = 0) {
+  filter_syscall(nr, SECCOMP_RET_ERRNO | (static_cast<__u32>(err) & SECCOMP_RET_DATA), flags, arg);
+}
+
+// Makes the system call `nr` kill the calling process with SIGSYS.
+inline void kill_process_on_syscall(long nr) { filter_syscall(nr, SECCOMP_RET_KILL_PROCESS); }
 
 inline bool contains(std::string_view haystack, std::string_view needle) {
   return haystack.find(needle) != std::string_view::npos;

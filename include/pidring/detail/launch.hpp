@@ -170,7 +170,6 @@ PIDRING_NO_SANITIZE inline void child_signals(const launch_plan& p) noexcept {
 PIDRING_NO_SANITIZE inline void child_close_range(const launch_plan& p, unsigned first,
                                                   unsigned last, bool will_exec) noexcept {
   if (first > last) return;
-  constexpr long close_range_cloexec = 1L << 2;  // CLOSE_RANGE_CLOEXEC (<linux/close_range.h>)
   if (will_exec && child_syscall(PIDRING_SYS_CLOSE_RANGE, first, last, close_range_cloexec) == 0) return;
   if (child_syscall(PIDRING_SYS_CLOSE_RANGE, first, last, 0) == 0) return;
   const unsigned end = last < static_cast<unsigned>(p.max_fd) ? last : static_cast<unsigned>(p.max_fd);

@@ -37,6 +37,8 @@ namespace pidring::detail {
 #else
 #define PIDRING_SYS_CLOSE_RANGE SYS_close_range
 #endif
+// close_range's flag (Linux 5.11; <linux/close_range.h> is newer than some headers we build with).
+inline constexpr unsigned close_range_cloexec = 1u << 2;  // CLOSE_RANGE_CLOEXEC
 
 // Each returns the result or -errno, and leaves errno alone.
 inline long raw_syscall_result(long r) noexcept { return r == -1 ? -errno : r; }
