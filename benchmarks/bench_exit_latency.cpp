@@ -90,7 +90,8 @@ double pidring_sample(pidring::io_context& io) {
   return one.front();
 }
 
-pid_t fork_child() {
+// The peers' child: fork()ed, or posix_spawn()ed with `exec`.
+pid_t start_peer_child() {
   if (exec_children) {
     const char* argv[] = {self_path.c_str(), "child-exit", shm_path.c_str(), nullptr};
     pid_t pid = 0;
@@ -110,7 +111,7 @@ pid_t fork_child() {
 }
 
 double waitpid_sample() {
-  const pid_t pid = fork_child();
+  const pid_t pid = start_peer_child();
   int status;
   ::waitpid(pid, &status, 0);
   const auto resumed = bench::now_ns();
@@ -118,7 +119,7 @@ double waitpid_sample() {
 }
 
 double epoll_pidfd_sample(int ep) {
-  const pid_t pid = fork_child();
+  const pid_t pid = start_peer_child();
   const int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
   epoll_event ev{};
   ev.events = EPOLLIN;
