@@ -6,6 +6,9 @@
 //   bench_copy floor SRC DST                        the floor of a copy_file: set up a ring, start
 //                                                   a thread that copies with copy_file_range, join
 //                                                   it; prints its seconds (honours the ballast)
+//   bench_copy again N SRC DST                      one io_context: a first copy_file (untimed: it
+//                                                   starts the pool), then N more into fresh names;
+//                                                   prints the median seconds of those N (ballast too)
 //   bench_copy memcpy MIB                           prints seconds for MIB MiB of memcpy between
 //                                                   two resident buffers: this machine's ceiling
 //
@@ -28,6 +31,7 @@
 #include <string>
 #include <system_error>
 #include <thread>
+#include <vector>
 
 #include <pidring/detail/uring.hpp>
 
@@ -109,11 +113,35 @@ int pidring_copy(const std::string& method, unsigned par, const char* from, cons
   }
   return 0;
 }
+
+// The cost of each copy_file after the first in a running io_context: what a long-lived program
+// (a build tool, a backup agent) pays per file, with the pool's thread already started.
+int pidring_again(unsigned n, const char* from, const std::string& to) {
+  ballast();
+  try {
+    pidring::io_context io;
+    std::vector<double> times;
+    for (unsigned i = 0; i <= n; ++i) {
+      const std::string dst = to + "." + std::to_string(i);
+      const auto t0 = bench::now_ns();
+      io.run(do_copy(io, from, dst, {}));
+      if (i > 0) times.push_back(static_cast<double>(bench::now_ns() - t0) / 1e9);
+      ::unlink(dst.c_str());
+    }
+    std::sort(times.begin(), times.end());
+    std::printf("%.6f\n", times[times.size() / 2]);
+  } catch (const std::system_error& e) {
+    std::fprintf(stderr, "%s\n", e.what());
+    return 1;
+  }
+  return 0;
+}
 #else
 int pidring_copy(const std::string&, unsigned, const char*, const char*) {
   std::fprintf(stderr, "built without pidring/copy.hpp\n");
   return 5;
 }
+int pidring_again(unsigned, const char*, const std::string&) { return pidring_copy("", 0, nullptr, nullptr); }
 #endif
 
 int cfr_loop(const char* from, const char* to) {
@@ -163,11 +191,14 @@ int main(int argc, char** argv) {
   if (mode == "pidring" && argc == 6)
     return pidring_copy(argv[2], static_cast<unsigned>(std::strtoul(argv[3], nullptr, 10)), argv[4],
                         argv[5]);
+  if (mode == "again" && argc == 5)
+    return pidring_again(static_cast<unsigned>(std::max(std::strtoul(argv[2], nullptr, 10), 1ul)), argv[3], argv[4]);
   if (mode == "cfr-loop" && argc == 4) return cfr_loop(argv[2], argv[3]);
   if (mode == "floor" && argc == 4) return floor_copy(argv[2], argv[3]);
   if (mode == "memcpy" && argc == 3) return memcpy_ceiling(std::strtoul(argv[2], nullptr, 10));
   std::fprintf(stderr,
-               "usage: %s pidring METHOD PARALLELISM SRC DST | cfr-loop SRC DST | memcpy MIB\n",
+               "usage: %s pidring METHOD PARALLELISM SRC DST | again N SRC DST | cfr-loop SRC DST | floor SRC DST | "
+               "memcpy MIB\n",
                argv[0]);
   return 2;
 }
