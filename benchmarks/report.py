@@ -260,8 +260,7 @@ def gate_summary(R):
 def tree_rows_judged(trees):
     """The tree rows the targets are judged on: those copied on a file system with a journal
     where a run has any (compare.py's "journal"), else all of them (older results)."""
-    with_journal = {label for label, t in trees.items() if t.get("journal") or label.endswith("journaled ext4")}
-    return with_journal or set(trees)
+    return {label for label, t in trees.items() if t.get("journal")} or set(trees)
 
 
 def md_table(header, rows):
@@ -589,7 +588,7 @@ def document(R, plots, notes, doc):
                  f"small process and from one with {c['heap_mib']} MiB resident, round-robin. No process is "
                  "created to copy, so the resident set should not matter.\n")
         what = {"automatic": "copy_file", "floor": "floor: ring + thread + copy_file_range",
-                "again": f"copy_file after a first one (median of {R.get('copyheap_again', 41)}, one io_context)"}
+                "again": f"copy_file after a first one (median of {R.get('copyheap_again')}, one io_context)"}
 
         def duration(v):
             return "n/a" if v is None else f"{v * 1e6:.0f} µs" if v < 1e-3 else f"{v * 1e3:.2f} ms"
@@ -619,7 +618,7 @@ def document(R, plots, notes, doc):
                  + where + "; and, in the rows marked "
                  "*journaled ext4*, a fresh ext4 as `mkfs.ext4` makes it (with a journal, as users have it) on a "
                  "loop device over a file in tmpfs, where removing the previous copy costs the next run nothing. "
-                 "The targets are judged on those rows. `floor, N threads` is `benchmarks/bench_tree_floor`: the "
+                 "The targets are judged on the rows of file systems with a journal. `floor, N threads` is `benchmarks/bench_tree_floor`: the "
                  "least work of a copier built like pcp (one walk, then open, create, copy_file_range and close "
                  "per file; with 2 threads copying overlaps the walk, with 1 the walk ends first; no checks, "
                  "modes, links or atomic rename). Timed from outside, exec to exit. In brackets, cp -r's time over "
