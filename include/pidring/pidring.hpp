@@ -4,6 +4,7 @@
 
 #include <pidring/child.hpp>
 #include <pidring/copy.hpp>
+#include <pidring/error.hpp>
 #include <pidring/exit_status.hpp>
 #include <pidring/io_context.hpp>
 #include <pidring/pipe.hpp>
