@@ -443,7 +443,7 @@ int unprivileged_tree_checks(std::string base) {
   };
   expect(d / "unreadable", d / "out" / "copy1", EACCES, "open '" + (d / "unreadable" / "sub" / "secret").string() + "'");
   expect(d / "devices", d / "out" / "copy2", EPERM,
-         "recreate a character device '" + (d / "devices" / "null").string() + "' (1:3)");
+         "recreate a character device '" + (d / "devices" / "null").string() + "': device 1:3");
   return failures;
 }
 }  // namespace

@@ -13,6 +13,10 @@
 
 namespace pidring {
 
+namespace detail {
+struct error_access;
+}  // namespace detail
+
 /// A failure of a pidring call. `what()` is a message for people, e.g.
 /// "copy_file 'a' -> 'b': open source 'a': No such file or directory"; the same facts as fields:
 /// code() (std::errc::no_such_file_or_directory), operation() ("open source"), path() ("a"),
@@ -44,7 +48,7 @@ class error : public std::system_error {
   error(int errno_value, std::string_view operation, const std::string& message,
         std::filesystem::path path = {}, std::filesystem::path other_path = {})
       : std::system_error(errno_value, std::generic_category(), message),
-        fields_(std::make_shared<const fields>(fields{std::string(operation), std::move(path), std::move(other_path)})) {}
+        fields_(std::make_shared<const fields>(fields{std::string(operation), std::move(path), std::move(other_path), message})) {}
 
   /// The operation that failed: one of the names listed above.
   std::string_view operation() const noexcept { return fields_->operation; }
@@ -54,10 +58,12 @@ class error : public std::system_error {
   const std::filesystem::path& other_path() const noexcept { return fields_->other_path; }
 
  private:
+  friend struct detail::error_access;
   // Shared, so that copying an exception never allocates (exceptions are copied while thrown).
   struct fields {
     std::string operation;
     std::filesystem::path path, other_path;
+    std::string message;  // what() without the errno text
   };
   std::shared_ptr<const fields> fields_;
 };

@@ -110,6 +110,15 @@ class job_group {
 
   // After completion: the first item's exception, if any.
   const std::exception_ptr& error() const noexcept { return error_; }
+  // After completion: whether an item was skipped (the group was stopped before it started).
+  bool skipped() const noexcept { return skipped_; }
+
+  // After completion: every item ran to its end, or this throws: the first item's exception,
+  // else ECANCELED from `site` for the items a stop skipped. A stopped group never looks done.
+  void rethrow_unless_complete(const error_site& site) const {
+    if (error_) std::rethrow_exception(error_);
+    if (skipped_) site.fail(ECANCELED, "cancelled");
+  }
 
  private:
   friend class copy_pool;
@@ -122,6 +131,7 @@ class job_group {
   std::size_t remaining_ = 0;                     // not finished yet (started or not)
   unsigned running_ = 0;
   std::exception_ptr error_;
+  bool skipped_ = false;
   // ring's thread:
   std::coroutine_handle<> waiter_;
   bool delivered_ = false;
@@ -228,6 +238,10 @@ class copy_pool final : public context_service {
     pairs_.push_back({from, to, static_cast<unsigned>(bit)});
   }
 
+  // Whether openat2 (Linux 5.6) may be tried: cleared by the first copy that meets ENOSYS, and by
+  // tests that take an older kernel's way (tree_dirs looks up one name at a time then).
+  std::atomic<bool> openat2{true};
+
   // For tests: the threads started so far, and how many there may be now.
   std::size_t thread_count() const noexcept { return workers_.size(); }
   unsigned thread_limit() {
@@ -257,14 +271,14 @@ class copy_pool final : public context_service {
     try {
       loop.arm_remote_wakeup();
     } catch (const std::system_error& e) {
-      throw_errno(e.code().value(), who + ": copy pool: eventfd");
+      throw_error(e.code().value(), "io_context", who + ": copy pool: eventfd");
     }
     delivery_.pool = this;
     delivery_.run = &delivery::run_on_loop;
     try {
       start_thread();
     } catch (const std::system_error& e) {
-      throw_errno(e.code().value(), who + ": copy pool: start a thread");
+      throw_error(e.code().value(), "io_context", who + ": copy pool: start a thread");
     }
   }
 
@@ -321,7 +335,8 @@ class copy_pool final : public context_service {
       --demand_;
       ++busy_;
       lock.unlock();
-      if (!g->stop_requested()) {
+      bool skipped = g->stop_requested();
+      if (!skipped) {
         try {
           item->run(work_control(*g, buffer));
         } catch (...) {
@@ -332,6 +347,7 @@ class copy_pool final : public context_service {
       }
       item.reset();  // what the item owned (fds, temporaries) is released here, off the ring
       lock.lock();
+      if (skipped) g->skipped_ = true;
       --busy_;
       --g->running_;
       if (!g->items_.empty()) {
@@ -457,7 +473,9 @@ class group_awaiter {
   bool suspended_ = false;
 };
 
-// Runs f(const work_control&) on the pool; co_await gives its result or rethrows its exception.
+// Runs f(const work_control&) on the pool; co_await gives its result, or rethrows its exception,
+// or (the job was skipped: a stop came first) throws ECANCELED from `site`. Never a result that
+// was not made.
 template <class R>
 class call_awaiter {
   using value_type = std::conditional_t<std::is_void_v<R>, bool, R>;
@@ -465,14 +483,16 @@ class call_awaiter {
 
  public:
   template <class F>
-  call_awaiter(copy_pool& pool, F f, std::stop_token stop, slot out = std::make_shared<std::optional<value_type>>())
-      : result_(out), inner_(pool, make_group(std::move(f), std::move(out)), std::move(stop)) {}
+  call_awaiter(copy_pool& pool, const error_site& site, F f, std::stop_token stop,
+               slot out = std::make_shared<std::optional<value_type>>())
+      : site_(&site), result_(out), inner_(pool, make_group(std::move(f), std::move(out)), std::move(stop)) {}
 
   bool await_ready() const noexcept { return false; }
   void await_suspend(std::coroutine_handle<> h) { inner_.await_suspend(h); }
   R await_resume() {
     inner_.await_resume();
-    if (inner_.group().error()) std::rethrow_exception(inner_.group().error());
+    inner_.group().rethrow_unless_complete(*site_);
+    if (!*result_) site_->fail(ECANCELED, "cancelled");  // unreachable: a job that ran made its result
     if constexpr (!std::is_void_v<R>) return std::move(**result_);
   }
 
@@ -491,14 +511,16 @@ class call_awaiter {
     return g;
   }
 
+  const error_site* site_;
   slot result_;
   group_awaiter inner_;
 };
 
+// `site` names the failure if the job is skipped; it must outlive the co_await.
 template <class F>
-auto on_pool(copy_pool& pool, F f, std::stop_token stop = {}) {
+auto on_pool(copy_pool& pool, const error_site& site, F f, std::stop_token stop = {}) {
   using R = std::invoke_result_t<F&, const work_control&>;
-  return call_awaiter<R>(pool, std::move(f), std::move(stop));
+  return call_awaiter<R>(pool, site, std::move(f), std::move(stop));
 }
 
 // A coroutine frame's hold on something whose release does blocking work (closing a file just

@@ -1,11 +1,14 @@
 #pragma once
 // copy_tree's steps, each run on a copy pool thread: the checks, the walk (one readdir pass per
-// directory, d_type to skip what needs no stat, one fstatat per entry relative to its
-// directory's descriptor: nothing is stat'ed twice), the skeleton of the new tree (directories,
-// symbolic links, FIFOs, device nodes) in a hidden directory beside the destination, one file
-// (a pool item each: the front end runs them largest first, several at once), then hard links,
-// modes and times, and the rename into place. The front end is copy_tree in copy.hpp.
+// directory, each directory opened in its parent by name and checked to be the one listed, d_type
+// to skip what needs no stat, one fstatat per entry relative to its directory: nothing is stat'ed
+// twice), the skeleton of the new tree (directories, symbolic links, FIFOs, device nodes) in a
+// hidden directory beside the destination, one file (a pool item each: the front end runs them
+// largest first, several at once), then hard links, modes and times, and the rename into place.
+// Every object is reached through directory descriptors (tree_dirs.hpp), never by a path the
+// kernel would resolve through a link. The front end is copy_tree in copy_front.hpp.
 
+#include <pidring/copy_options.hpp>
 #include <pidring/detail/copy_engine.hpp>
 #include <pidring/detail/copy_plan.hpp>
 #include <pidring/detail/copy_pool.hpp>
@@ -13,6 +16,7 @@
 #include <pidring/detail/error.hpp>
 #include <pidring/detail/sys.hpp>
 #include <pidring/detail/test_hooks.hpp>
+#include <pidring/detail/tree_dirs.hpp>
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -24,7 +28,6 @@
 #include <atomic>
 #include <cstdint>
 #include <filesystem>
-#include <limits>
 #include <memory>
 #include <string>
 #include <tuple>
@@ -32,44 +35,23 @@
 
 namespace pidring::detail {
 
-struct tree_entry {
-  std::string rel;  // below the root ("a/b"); "" for the root itself
-  mode_t mode = 0;  // type and permission bits
-  std::uint64_t size = 0;
-  dev_t dev = 0, rdev = 0;
-  ino_t ino = 0;
-  nlink_t nlink = 1;
-  timespec atime{}, mtime{};
-  std::size_t link_to = std::numeric_limits<std::size_t>::max();  // a hard link to that entry
-  bool is_link() const noexcept { return link_to != std::numeric_limits<std::size_t>::max(); }
-};
-
 // The permission bits a copy gets: no set-user-ID or set-group-ID bit (the copy belongs to us,
 // not to the source's owner: cp drops them too unless it also copies the owner).
 inline mode_t copied_mode(mode_t m) noexcept { return m & 01777; }
 
-// Throws `err` again with `about` after `who`: "W: step: text" becomes "W: about: step: text".
-[[noreturn]] inline void rethrow_about(const std::system_error& err, const std::string& who, const std::string& about) {
-  std::string what = err.what();
-  const std::string text = ": " + err.code().message();
-  if (what.size() >= text.size() && what.compare(what.size() - text.size(), text.size(), text) == 0)
-    what.resize(what.size() - text.size());
-  if (what.compare(0, who.size(), who) == 0) what.erase(0, who.size());
-  throw_errno(err.code().value(), who + ": " + about + what);
-}
-
-// Whether `dir` is the directory (dev, ino) or lies below it, following ".." up to the root.
-inline bool is_within(int dir, dev_t dev, ino_t ino, const std::string& who) {
+// Whether `dir` is the directory (dev, ino) or lies below it, following ".." up to the root
+// (O_PATH: search permission is all it needs, as under a home directory of mode 0711).
+inline bool is_within(int dir, dev_t dev, ino_t ino, const error_site& site) {
   unique_fd cur(::fcntl(dir, F_DUPFD_CLOEXEC, 0));
-  if (!cur) throw_errno(errno, who + ": dup");
+  if (!cur) site.say(errno, "open destination directory", "dup the destination's directory");
   struct stat st {};
-  if (::fstat(cur.get(), &st) != 0) throw_errno(errno, who + ": fstat");
+  if (::fstat(cur.get(), &st) != 0) site.say(errno, "open destination directory", "fstat the destination's directory");
   for (int depth = 0; depth < 4096; ++depth) {
     if (st.st_dev == dev && st.st_ino == ino) return true;
-    unique_fd up(::openat(cur.get(), "..", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-    if (!up) throw_errno(errno, who + ": open '..'");
+    unique_fd up(::openat(cur.get(), "..", O_PATH | O_DIRECTORY | O_CLOEXEC));
+    if (!up) site.say(errno, "open destination directory", "open '..'");
     struct stat up_st {};
-    if (::fstat(up.get(), &up_st) != 0) throw_errno(errno, who + ": fstat '..'");
+    if (::fstat(up.get(), &up_st) != 0) site.say(errno, "open destination directory", "fstat '..'");
     if (up_st.st_dev == st.st_dev && up_st.st_ino == st.st_ino) return false;  // the root
     cur = std::move(up);
     st = up_st;
@@ -78,9 +60,9 @@ inline bool is_within(int dir, dev_t dev, ino_t ino, const std::string& who) {
 }
 
 struct tree_copy {
-  std::string who;
+  error_site site;  // the whole call: "copy_tree 'a' -> 'b'"
   std::filesystem::path from, to;
-  engine_method method = engine_method::automatic;
+  copy_method method = copy_method::automatic;
   bool overwrite = false, preserve_times = false, durable = false;
   copy_pool* pool = nullptr;
   std::shared_ptr<copy_counters> counters = std::make_shared<copy_counters>();
@@ -92,87 +74,94 @@ struct tree_copy {
   std::uint64_t directories = 0, symlinks = 0, specials = 0, skipped = 0;
   std::atomic<std::uint64_t> files{0}, bytes{0};
 
-  unique_fd src_root;
+  std::unique_ptr<tree_dirs> source, made;  // directories of the source and of the new tree
   pending_tree dest;
   dev_t dest_dev = 0;
   blksize_t dest_blksize = 4096;
   mode_t umask = 022;
-  std::string old_tree_name;  // after an exchange: where the old tree is, until removed
-
-  std::string source_path(const std::string& rel) const { return quoted_path(rel.empty() ? from.string() : (from / rel).string()); }
-  std::string dest_path(const std::string& rel) const { return quoted_path(rel.empty() ? to.string() : (to / rel).string()); }
+  bool old_tree = false;  // after an exchange: the old tree is under the hidden name
 
   // The checks, the walk, the hidden directory and the skeleton of the new tree.
   void prepare(const work_control& ctl) {
-    src_root.reset(::open(from.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOCTTY));
-    if (!src_root) {
-      if (errno == ENOTDIR) throw_errno(ENOTDIR, who + ": the source is not a directory");
-      throw_errno(errno, who + ": open source");
+    source = std::make_unique<tree_dirs>(entries, true, pool->openat2);
+    made = std::make_unique<tree_dirs>(entries, false, pool->openat2);
+    unique_fd root(::open(from.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOCTTY));
+    if (!root) {
+      if (errno == ENOTDIR) site.say(ENOTDIR, "open source", "the source is not a directory");
+      site.fail(errno, "open source");
     }
-    struct stat root {};
-    if (::fstat(src_root.get(), &root) != 0) throw_errno(errno, who + ": fstat source");
-    split_path where = split_destination(to, who, EINVAL);
+    struct stat top {};
+    if (::fstat(root.get(), &top) != 0) site.fail(errno, "open source", "fstat");
+    const split_path where = split_destination(to, site, EINVAL);
     dest.parent_name = where.dir;
     dest.name = where.name;
-    dest.parent.reset(::open(where.dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-    if (!dest.parent) throw_errno(errno, who + ": open destination directory " + quoted_path(where.dir));
+    dest.parent = open_destination_dir(where.dir, site);
     struct stat existing {};
     if (::fstatat(dest.parent.get(), dest.name.c_str(), &existing, AT_SYMLINK_NOFOLLOW) == 0) {
-      if (existing.st_dev == root.st_dev && existing.st_ino == root.st_ino)
-        throw_errno(EINVAL, who + ": source and destination are the same directory");
-      if (!overwrite) throw_errno(EEXIST, who + ": destination exists");
+      if (existing.st_dev == top.st_dev && existing.st_ino == top.st_ino)
+        site.say(EINVAL, "refused", "source and destination are the same directory");
+      if (!overwrite) site.say(EEXIST, "create destination", "destination exists");
       if (!S_ISDIR(existing.st_mode))
-        throw_errno(ENOTDIR, who + ": the destination exists and is " + file_type_name(existing.st_mode) +
-                                 ", not a directory (overwrite replaces directories only)");
-      if (is_within(src_root.get(), existing.st_dev, existing.st_ino, who))
-        throw_errno(EINVAL, who + ": the source is inside the destination, which overwrite would remove");
+        site.say(ENOTDIR, "create destination",
+                  std::string("the destination exists and is ") + file_type_name(existing.st_mode) +
+                      ", not a directory (overwrite replaces directories only)");
+      if (is_within(root.get(), existing.st_dev, existing.st_ino, site))
+        site.say(EINVAL, "refused", "the source is inside the destination, which overwrite would remove");
     } else if (errno != ENOENT) {
-      throw_errno(errno, who + ": stat destination");
+      site.fail(errno, "stat destination");
     }
-    if (is_within(dest.parent.get(), root.st_dev, root.st_ino, who))
-      throw_errno(EINVAL, who + ": the destination is inside the source");
+    if (is_within(dest.parent.get(), top.st_dev, top.st_ino, site))
+      site.say(EINVAL, "refused", "the destination is inside the source");
     umask = current_umask();
-    walk(root, ctl);
-    create_pending_tree(dest, who);
+    walk(std::move(root), top, ctl);
+    create_pending_tree(dest, site);
     struct stat d {};
-    if (::fstat(dest.root.get(), &d) != 0) throw_errno(errno, who + ": fstat " + dest_path(""));
+    if (::fstat(dest.root.get(), &d) != 0) site.say(errno, "mkdir", "fstat " + dest.hidden_path());
     dest_dev = d.st_dev;
     dest_blksize = d.st_blksize;
+    unique_fd made_root(::fcntl(dest.root.get(), F_DUPFD_CLOEXEC, 0));
+    if (!made_root) site.say(errno, "mkdir", "dup " + dest.hidden_path());
+    made->set_root(std::move(made_root));
     make_skeleton(ctl);
   }
 
   // One regular file (a pool item of its own).
   void copy_file(std::size_t i, const work_control& ctl) {
     const tree_entry& e = entries[i];
-    copy_hook_point("tree-file", e.rel);
-    if (ctl.stopped()) return;  // the group is ending: skipped
-    unique_fd in(::openat(src_root.get(), e.rel.c_str(), O_RDONLY | O_NOFOLLOW | O_NOCTTY | O_NONBLOCK | O_CLOEXEC));
-    if (!in) throw_errno(errno, who + ": open " + source_path(e.rel));
+    const std::string rel = tree_path(entries, i);
+    copy_hook_point("tree-file", rel);
+    const error_site at = entry_site(rel, false);
+    if (ctl.stopped()) throw_cancelled(at);
+    int err = 0;
+    unique_fd in = source->open(i, rel, O_RDONLY | O_NOCTTY | O_NONBLOCK, err);
+    if (!in) fail_source_lookup(at, err);
     struct stat st {};
-    if (::fstat(in.get(), &st) != 0) throw_errno(errno, who + ": fstat " + source_path(e.rel));
-    if (!S_ISREG(st.st_mode))
-      throw_errno(EINVAL, who + ": " + source_path(e.rel) + " became " + file_type_name(st.st_mode) + " during the copy");
-    const mode_t mode = copied_mode(e.mode);
-    unique_fd out(::openat(dest.root.get(), e.rel.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode));
-    if (!out) throw_errno(errno, who + ": create " + dest_path(e.rel));
-    data_request r = make_request(in.get(), out.get(), st, dest_dev, dest_blksize, method, 0);
-    r.seek_fd = may_have_holes(st) ? in.get() : -1;
-    r.whole_file = true;
-    data_outcome o;
-    try {
-      o = copy_data(r, *pool, ctl, counters->bytes, who);
-    } catch (const std::system_error& err) {
-      // The step's message gains the file's name; built only now, not for every file.
-      rethrow_about(err, who, "copy " + source_path(e.rel));
-    }
+    if (::fstat(in.get(), &st) != 0) at.fail(errno, "open source", "fstat");
+    if (!same_object(st, e))
+      at.fail(ENOENT, "open source",
+              S_ISREG(st.st_mode) ? std::string("it was replaced during the copy")
+                                  : std::string("it became ") + file_type_name(st.st_mode) + " during the copy");
+    const mode_t mode = copied_mode(st.st_mode);
+    const error_site out_at = entry_site(rel, true);
+    unique_fd out = made->open(i, rel, O_WRONLY | O_CREAT | O_EXCL, err, mode);
+    if (!out) out_at.say(err, "create destination", "create");
+    data_copy data;
+    data.site = &at;
+    data.done = &counters->bytes;
+    data.req = make_request(in.get(), out.get(), st, dest_dev, dest_blksize, method, 0);
+    data.req.seek_fd = may_have_holes(st) ? in.get() : -1;
+    data.req.whole_file = true;
+    data.plan_lanes(1);  // a tree's parallelism is across its files
+    data.copy_here(*pool, ctl);
+    const data_outcome& o = data.outcome;
     if (o.end != o.written_end && ::ftruncate(out.get(), static_cast<off_t>(o.end)) != 0)
-      throw_errno(errno, who + ": truncate " + dest_path(e.rel));
-    if ((mode & ~umask) != mode && ::fchmod(out.get(), mode) != 0) throw_errno(errno, who + ": chmod " + dest_path(e.rel));
+      out_at.fail(errno, "truncate");
+    if ((mode & ~umask) != mode && ::fchmod(out.get(), mode) != 0) out_at.fail(errno, "chmod");
     if (preserve_times) {
       const timespec times[2] = {st.st_atim, st.st_mtim};
-      if (::futimens(out.get(), times) != 0) throw_errno(errno, who + ": set the times of " + dest_path(e.rel));
+      if (::futimens(out.get(), times) != 0) out_at.say(errno, "set times", "set the times of");
     }
-    if (durable && ::fsync(out.get()) != 0) throw_errno(errno, who + ": fsync " + dest_path(e.rel));
+    if (durable && ::fsync(out.get()) != 0) out_at.fail(errno, "fsync");
     // Holes count as done once the file is.
     if (o.end > o.bytes) counters->bytes.fetch_add(o.end - o.bytes, std::memory_order_relaxed);
     counters->files.fetch_add(1, std::memory_order_relaxed);
@@ -187,9 +176,13 @@ struct tree_copy {
     for (std::size_t i = 1; i < entries.size(); ++i) {
       const tree_entry& e = entries[i];
       if (!e.is_link()) continue;
-      if (ctl.stopped()) throw_cancelled(who);
-      if (::linkat(dest.root.get(), entries[e.link_to].rel.c_str(), dest.root.get(), e.rel.c_str(), 0) != 0)
-        throw_errno(errno, who + ": link " + dest_path(e.rel) + " to " + dest_path(entries[e.link_to].rel));
+      const tree_entry& first = entries[e.link_to];
+      const std::string rel = tree_path(entries, i);
+      const error_site at = entry_site(rel, true);
+      if (ctl.stopped()) throw_cancelled(at);
+      const tree_dirs::handle to_dir = made_dir(e.parent, at), first_dir = made_dir(first.parent, at);
+      if (::linkat(first_dir->get(), first.name.c_str(), to_dir->get(), e.name.c_str(), 0) != 0)
+        at.fail(errno, "link", "to " + quoted_path((to / tree_path(entries, e.link_to)).string()));
       if (S_ISREG(e.mode)) {
         counters->files.fetch_add(1, std::memory_order_relaxed);
         files.fetch_add(1, std::memory_order_relaxed);
@@ -197,25 +190,27 @@ struct tree_copy {
     }
     for (std::size_t i = entries.size(); i-- > 0;) {
       const tree_entry& e = entries[i];
-      if (ctl.stopped()) throw_cancelled(who);
+      if (ctl.stopped()) throw_cancelled(site);
       const bool dir = S_ISDIR(e.mode);
       if (e.is_link() || S_ISREG(e.mode) || (S_ISLNK(e.mode) && !preserve_times)) continue;
+      const std::string rel = tree_path(entries, i);
+      const error_site at = entry_site(rel, true);
+      const tree_dirs::handle parent = i == 0 ? made->root() : made_dir(e.parent, at);
+      const char* name = i == 0 ? "." : e.name.c_str();
       if (dir || S_ISFIFO(e.mode) || S_ISCHR(e.mode) || S_ISBLK(e.mode)) {
         const mode_t mode = copied_mode(e.mode);
         const bool must = dir ? mode != 0700 : (mode & ~umask) != mode;
-        const int r = i == 0 ? ::fchmod(dest.root.get(), mode) : ::fchmodat(dest.root.get(), e.rel.c_str(), mode, 0);
-        if (must && r != 0) throw_errno(errno, who + ": chmod " + dest_path(e.rel));
+        // Ours, in a directory only we may enter until the top one's mode is set last: no link
+        // can have appeared here.
+        if (must && ::fchmodat(parent->get(), name, mode, 0) != 0) at.fail(errno, "chmod");
       }
       if (preserve_times && !S_ISLNK(e.mode)) {
         const timespec times[2] = {e.atime, e.mtime};
-        const int r = i == 0 ? ::futimens(dest.root.get(), times)
-                             : ::utimensat(dest.root.get(), e.rel.c_str(), times, AT_SYMLINK_NOFOLLOW);
-        if (r != 0) throw_errno(errno, who + ": set the times of " + dest_path(e.rel));
+        if (::utimensat(parent->get(), name, times, AT_SYMLINK_NOFOLLOW) != 0) at.say(errno, "set times", "set the times of");
       }
       if (durable && dir) {
-        unique_fd d(i == 0 ? ::fcntl(dest.root.get(), F_DUPFD_CLOEXEC, 0)
-                           : ::openat(dest.root.get(), e.rel.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
-        if (!d || ::fsync(d.get()) != 0) throw_errno(errno, who + ": fsync " + dest_path(e.rel));
+        unique_fd d(::openat(parent->get(), name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+        if (!d || ::fsync(d.get()) != 0) at.fail(errno, "fsync");
       }
     }
   }
@@ -224,48 +219,113 @@ struct tree_copy {
   // directory when durable (the ring fsyncs it).
   unique_fd put_in_place(const work_control& ctl) {
     copy_hook_point("publish");
-    if (ctl.stopped()) throw_cancelled(who);
+    if (ctl.stopped()) throw_cancelled(site);
+    made->close_all();
+    source->close_all();
     dest.root.reset();
-    bool exchanged = false;
-    publish_tree(dest, overwrite, exchanged, who);
-    if (exchanged) old_tree_name = dest.temp_name;
-    return durable ? unique_fd(::fcntl(dest.parent.get(), F_DUPFD_CLOEXEC, 0)) : unique_fd();
+    publish_tree(dest, overwrite, old_tree, site);
+    if (!durable) return unique_fd();
+    // fsync needs a descriptor opened for reading (O_PATH is not enough).
+    unique_fd parent(::openat(dest.parent.get(), ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    if (!parent) site.say(errno, "fsync", "open " + quoted_path(dest.parent_name) + " to fsync it");
+    return parent;
   }
 
   // The tree that an exchange replaced, now under the hidden name.
   void remove_old_tree() {
-    if (old_tree_name.empty()) return;
+    if (!old_tree) return;
+    const std::string where = dest.hidden_path();
     const int e = dest.discard();
-    if (e != 0)
-      throw_errno(e, who + ": the new tree is in place, but removing the old one (now " +
-                         quoted_path((std::filesystem::path(dest.parent_name) / old_tree_name).string()) + ") failed");
+    if (e != 0) site.say(e, "remove", "the new tree is in place, but removing the old one (now " + where + ") failed");
+  }
+
+  // After a failure: removes what was built. 0, or the errno that stopped the removal (then the
+  // hidden directory is still there: hidden_path() says where).
+  int discard() noexcept {
+    if (made) made->close_all();
+    if (source) source->close_all();
+    return dest.discard();
   }
 
  private:
-  static constexpr std::size_t none = std::numeric_limits<std::size_t>::max();
+  // The site of one object of the tree: its source path, or with `made` its path in the copy.
+  error_site entry_site(const std::string& rel, bool in_copy) const {
+    error_site at{site.who, rel.empty() ? from : from / rel, rel.empty() ? to : to / rel, {}};
+    at.about = quoted_path((in_copy ? at.other_path : at.path).string());
+    return at;
+  }
 
-  void walk(const struct stat& root, const work_control& ctl) {
+  std::string child_path(std::size_t dir, const std::string& name) const {
+    std::string p = tree_path(entries, dir);
+    if (!p.empty()) p += '/';
+    return p += name;
+  }
+
+  [[noreturn]] void fail_source_lookup(const error_site& at, int err) const {
+    if (err == ELOOP || err == ENOTDIR || err == EXDEV)
+      at.say(err, "open source", "open", "a name on its path was replaced during the copy");
+    at.say(err, "open source", "open");
+  }
+
+  tree_dirs::handle made_dir(std::size_t dir, const error_site& at) {
+    int err = 0;
+    std::size_t failed = 0;
+    tree_dirs::handle h = made->get(dir, err, failed);
+    if (!h) at.say(err, "create destination", "create", "open its directory " + quoted_path((to / tree_path(entries, failed)).string()));
+    return h;
+  }
+
+  tree_dirs::handle source_dir(std::size_t dir) {
+    int err = 0;
+    std::size_t failed = 0;
+    tree_dirs::handle h = source->get(dir, err, failed);
+    if (!h) fail_source_lookup(entry_site(tree_path(entries, failed), false), err);
+    return h;
+  }
+
+  // Reads directory `index`: opens it in its parent by name (never through a link), checks it is
+  // the directory the parent's listing showed, lists it. Its descriptor goes to `source` for the
+  // files' lookups later.
+  unique_fd open_listed_dir(std::size_t index) {
+    const tree_entry& e = entries[index];
+    const tree_dirs::handle parent = source_dir(e.parent);
+    unique_fd fd(::openat(parent->get(), e.name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_NOCTTY | O_CLOEXEC));
+    const error_site at = entry_site(tree_path(entries, index), false);
+    if (!fd) {
+      if (errno == ENOTDIR || errno == ELOOP) at.fail(errno, "read directory", "it was replaced during the copy");
+      at.fail(errno, "read directory");
+    }
+    struct stat st {};
+    if (::fstat(fd.get(), &st) != 0) at.fail(errno, "read directory", "fstat");
+    if (!same_object(st, e)) at.fail(ENOENT, "read directory", "it was replaced during the copy");
+    return fd;
+  }
+
+  void walk(unique_fd root, const struct stat& top, const work_control& ctl) {
     entries.clear();
-    tree_entry top;
-    top.mode = root.st_mode;
-    top.atime = root.st_atim;
-    top.mtime = root.st_mtim;
-    top.dev = root.st_dev;
-    top.ino = root.st_ino;
-    entries.push_back(std::move(top));
+    tree_entry first;
+    first.mode = top.st_mode;
+    first.atime = top.st_atim;
+    first.mtime = top.st_mtim;
+    first.dev = top.st_dev;
+    first.ino = top.st_ino;
+    first.uid = top.st_uid;
+    first.gid = top.st_gid;
+    entries.push_back(std::move(first));
+    source->set_root(std::move(root));
     std::vector<std::size_t> to_read{0};
+    std::string target;
     while (!to_read.empty()) {
       const std::size_t dir_index = to_read.back();
       to_read.pop_back();
-      const std::string dir_rel = entries[dir_index].rel;
-      const int fd = dir_index == 0 ? ::fcntl(src_root.get(), F_DUPFD_CLOEXEC, 0)
-                                    : ::openat(src_root.get(), dir_rel.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-      if (fd < 0) throw_errno(errno, who + ": open directory " + source_path(dir_rel));
-      DIR* d = ::fdopendir(fd);
+      unique_fd dir = dir_index == 0 ? unique_fd(::fcntl(source->root()->get(), F_DUPFD_CLOEXEC, 0)) : open_listed_dir(dir_index);
+      if (!dir) site.say(errno, "read directory", "dup the source");
+      const int listing = ::fcntl(dir.get(), F_DUPFD_CLOEXEC, 0);
+      DIR* d = listing >= 0 ? ::fdopendir(listing) : nullptr;
       if (d == nullptr) {
         const int err = errno;
-        ::close(fd);
-        throw_errno(err, who + ": open directory " + source_path(dir_rel));
+        if (listing >= 0) ::close(listing);
+        entry_site(tree_path(entries, dir_index), false).fail(err, "read directory");
       }
       struct closer {
         DIR* d;
@@ -275,24 +335,25 @@ struct tree_copy {
         errno = 0;
         const dirent* de = ::readdir(d);
         if (de == nullptr) {
-          if (errno != 0) throw_errno(errno, who + ": read directory " + source_path(dir_rel));
+          if (errno != 0) entry_site(tree_path(entries, dir_index), false).fail(errno, "read directory");
           break;
         }
         const char* name = de->d_name;
         if (name[0] == '.' && (name[1] == '\0' || (name[1] == '.' && name[2] == '\0'))) continue;
-        if (ctl.stopped()) throw_cancelled(who);
+        if (ctl.stopped()) throw_cancelled(site);
         if (de->d_type == DT_SOCK) {  // sockets cannot be copied: counted, not stat'ed
           ++skipped;
           continue;
         }
         tree_entry e;
-        e.rel = dir_rel.empty() ? std::string(name) : dir_rel + "/" + name;
+        e.name = name;
+        e.parent = dir_index;
         if (de->d_type == DT_LNK && !preserve_times) {
-          e.mode = S_IFLNK | 0777;  // all a link needs is its target, read when it is made
+          e.mode = S_IFLNK | 0777;  // all a link needs is its target
         } else {
           struct stat st {};
-          if (::fstatat(::dirfd(d), name, &st, AT_SYMLINK_NOFOLLOW) != 0)
-            throw_errno(errno, who + ": stat " + source_path(e.rel));
+          if (::fstatat(dir.get(), name, &st, AT_SYMLINK_NOFOLLOW) != 0)
+            entry_site(child_path(dir_index, name), false).fail(errno, "stat source");
           if (S_ISSOCK(st.st_mode)) {
             ++skipped;
             continue;
@@ -303,24 +364,28 @@ struct tree_copy {
           e.rdev = st.st_rdev;
           e.ino = st.st_ino;
           e.nlink = st.st_nlink;
+          e.uid = st.st_uid;
+          e.gid = st.st_gid;
           e.atime = st.st_atim;
           e.mtime = st.st_mtim;
         }
-        const bool dir = S_ISDIR(e.mode);
+        if (S_ISLNK(e.mode)) read_link(dir.get(), e, target);
+        const bool is_dir = S_ISDIR(e.mode);
         entries.push_back(std::move(e));
-        if (dir) to_read.push_back(entries.size() - 1);
+        if (is_dir) to_read.push_back(entries.size() - 1);
       }
+      if (dir_index != 0) source->put(dir_index, std::move(dir));
     }
     // Hard links: every name of an inode after the first becomes a link to the first.
     std::vector<std::tuple<dev_t, ino_t, std::size_t>> linked;
     for (std::size_t i = 1; i < entries.size(); ++i)
-      if (entries[i].nlink > 1 && !S_ISDIR(entries[i].mode)) linked.emplace_back(entries[i].dev, entries[i].ino, i);
+      if (!S_ISDIR(entries[i].mode) && entries[i].nlink > 1) linked.emplace_back(entries[i].dev, entries[i].ino, i);
     std::sort(linked.begin(), linked.end());
     for (std::size_t k = 1; k < linked.size(); ++k)
       if (std::get<0>(linked[k]) == std::get<0>(linked[k - 1]) && std::get<1>(linked[k]) == std::get<1>(linked[k - 1]))
         entries[std::get<2>(linked[k])].link_to = entries[std::get<2>(linked[k - 1])].is_link()
-                                                     ? entries[std::get<2>(linked[k - 1])].link_to
-                                                     : std::get<2>(linked[k - 1]);
+                                                      ? entries[std::get<2>(linked[k - 1])].link_to
+                                                      : std::get<2>(linked[k - 1]);
     file_order.clear();
     for (std::size_t i = 1; i < entries.size(); ++i) {
       const tree_entry& e = entries[i];
@@ -337,51 +402,52 @@ struct tree_copy {
   // Directories (owner-only until finish), symbolic links, FIFOs and device nodes.
   void make_skeleton(const work_control& ctl) {
     directories = 1;
-    std::string target;
     for (std::size_t i = 1; i < entries.size(); ++i) {
       const tree_entry& e = entries[i];
-      if (ctl.stopped()) throw_cancelled(who);
+      if (ctl.stopped()) throw_cancelled(site);
       if (S_ISREG(e.mode)) continue;  // the file items
-      if (S_ISDIR(e.mode)) {
-        if (::mkdirat(dest.root.get(), e.rel.c_str(), 0700) != 0) throw_errno(errno, who + ": mkdir " + dest_path(e.rel));
-        ++directories;
-        continue;
-      }
-      if (e.is_link()) {  // made in finish, once what it links to exists
+      if (e.is_link()) {              // made in finish, once what it links to exists
         if (S_ISLNK(e.mode)) ++symlinks;
         else ++specials;
         continue;
       }
+      const std::string rel = tree_path(entries, i);
+      const error_site at = entry_site(rel, true);
+      const tree_dirs::handle parent = made_dir(e.parent, at);
+      if (S_ISDIR(e.mode)) {
+        if (::mkdirat(parent->get(), e.name.c_str(), 0700) != 0) at.fail(errno, "mkdir");
+        ++directories;
+        continue;
+      }
       if (S_ISLNK(e.mode)) {
-        read_link(e, target);
-        if (::symlinkat(target.c_str(), dest.root.get(), e.rel.c_str()) != 0)
-          throw_errno(errno, who + ": symlink " + dest_path(e.rel));
+        if (::symlinkat(e.target.c_str(), parent->get(), e.name.c_str()) != 0) at.fail(errno, "symlink");
         if (preserve_times) {
           const timespec times[2] = {e.atime, e.mtime};
-          if (::utimensat(dest.root.get(), e.rel.c_str(), times, AT_SYMLINK_NOFOLLOW) != 0)
-            throw_errno(errno, who + ": set the times of " + dest_path(e.rel));
+          if (::utimensat(parent->get(), e.name.c_str(), times, AT_SYMLINK_NOFOLLOW) != 0) at.say(errno, "set times", "set the times of");
         }
         ++symlinks;
         continue;
       }
       // FIFOs and device nodes (a device needs CAP_MKNOD: EPERM names it).
-      if (::mknodat(dest.root.get(), e.rel.c_str(), (e.mode & S_IFMT) | copied_mode(e.mode), e.rdev) != 0)
-        throw_errno(errno, who + ": recreate " + std::string(file_type_name(e.mode)) + " " + source_path(e.rel) +
-                               (S_ISFIFO(e.mode) ? "" : " (" + std::to_string(major(e.rdev)) + ":" + std::to_string(minor(e.rdev)) + ")"));
+      if (::mknodat(parent->get(), e.name.c_str(), (e.mode & S_IFMT) | copied_mode(e.mode), e.rdev) != 0)
+        entry_site(rel, false).say(errno, "mknod", std::string("recreate ") + file_type_name(e.mode),
+                                   S_ISFIFO(e.mode) ? std::string()
+                                                    : "device " + std::to_string(major(e.rdev)) + ":" + std::to_string(minor(e.rdev)));
       ++specials;
     }
   }
 
-  void read_link(const tree_entry& e, std::string& target) const {
-    target.resize(std::max<std::size_t>(e.size + 1, 256));
+  // A link's target, read in its directory during the walk (never later, by a path).
+  void read_link(int dir, tree_entry& e, std::string& buf) {
+    buf.resize(std::max<std::size_t>(e.size + 1, 256));
     for (;;) {
-      const ssize_t n = ::readlinkat(src_root.get(), e.rel.c_str(), target.data(), target.size());
-      if (n < 0) throw_errno(errno, who + ": readlink " + source_path(e.rel));
-      if (static_cast<std::size_t>(n) < target.size()) {
-        target.resize(static_cast<std::size_t>(n));
+      const ssize_t n = ::readlinkat(dir, e.name.c_str(), buf.data(), buf.size());
+      if (n < 0) entry_site(child_path(e.parent, e.name), false).fail(errno, "readlink");
+      if (static_cast<std::size_t>(n) < buf.size()) {
+        e.target.assign(buf.data(), static_cast<std::size_t>(n));
         return;
       }
-      target.resize(target.size() * 2);
+      buf.resize(buf.size() * 2);
     }
   }
 };

@@ -4,6 +4,7 @@
 // Nothing else in the copier knows io_uring. The coroutines are templates, so a program that
 // never copies does not get them compiled into every translation unit.
 
+#include <pidring/detail/copy_engine.hpp>
 #include <pidring/detail/copy_plan.hpp>
 #include <pidring/detail/copy_pool.hpp>
 #include <pidring/detail/error.hpp>
@@ -33,14 +34,15 @@ inline io_awaiter file_io(event_loop& loop, op_code code, int fd, void* data, un
 }
 
 // fsync off the loop's thread: through the ring on io_uring; on the pool on epoll (epoll has no
-// fsync of its own, and the loop's thread never blocks on the disk).
+// fsync of its own, and the loop's thread never blocks on the disk). `what` names the object in
+// the message ("the destination").
 template <class Context = io_context>
-task<void> ring_fsync(Context& io, int fd, std::string what) {
+task<void> ring_fsync(Context& io, int fd, const error_site& site, std::string what) {
   event_loop& loop = loop_of(io);
   if (loop.kind() == pidring::backend::epoll) {
-    auto job = on_pool(copy_pool::of(io, what), [fd, what](const work_control&) {
+    auto job = on_pool(copy_pool::of(io, site.who), site, [fd, site, what](const work_control&) {
       while (::fsync(fd) != 0)
-        if (errno != EINTR) throw_errno(errno, what);
+        if (errno != EINTR) site.fail(errno, "fsync", what);
     });
     co_await job;
     co_return;
@@ -48,7 +50,7 @@ task<void> ring_fsync(Context& io, int fd, std::string what) {
   for (;;) {
     const int r = co_await io_awaiter(loop, operation::make(op_code::fsync, fd, nullptr, 0, 0));
     if (r == -EINTR || r == -EAGAIN) continue;
-    if (r < 0) throw_errno(-r, what);
+    if (r < 0) site.fail(-r, "fsync", what);
     co_return;
   }
 }
@@ -58,14 +60,14 @@ task<void> ring_fsync(Context& io, int fd, std::string what) {
 // `length` only at end of file. A stop throws ECANCELED.
 template <class Context = io_context>
 task<std::uint64_t> copy_chunk_through(Context& io, int in, int out, std::uint64_t offset, std::uint64_t length,
-                                       std::byte* buf, std::stop_token stop, const std::string& who) {
+                                       std::byte* buf, std::stop_token stop, const error_site& site) {
   std::uint64_t copied = 0;
   while (copied < length) {
     const auto want = static_cast<unsigned>(std::min<std::uint64_t>(length - copied, 1u << 30));
     const int r = co_await file_io(loop_of(io), op_code::read, in, buf, want, offset + copied, stop);
     if (r == -EINTR || r == -EAGAIN) continue;
-    if (r == -ECANCELED) throw_errno(ECANCELED, who + ": cancelled");
-    if (r < 0) throw_errno(-r, who + ": read source");
+    if (r == -ECANCELED) site.fail(ECANCELED, "cancelled");
+    if (r < 0) site.fail(-r, "read source");
     if (r == 0) break;  // end of file (it may have shrunk since we planned)
     const auto got = static_cast<unsigned>(r);
     unsigned written = 0;
@@ -73,9 +75,9 @@ task<std::uint64_t> copy_chunk_through(Context& io, int in, int out, std::uint64
       const int w = co_await file_io(loop_of(io), op_code::write, out, buf + written, got - written,
                                      offset + copied + written, stop);
       if (w == -EINTR || w == -EAGAIN) continue;
-      if (w == -ECANCELED) throw_errno(ECANCELED, who + ": cancelled");
-      if (w < 0) throw_errno(-w, who + ": write destination");
-      if (w == 0) throw_errno(EIO, who + ": write destination wrote nothing");
+      if (w == -ECANCELED) site.fail(ECANCELED, "cancelled");
+      if (w < 0) site.fail(-w, "write destination");
+      if (w == 0) site.fail(EIO, "write destination", "it wrote nothing");
       written += static_cast<unsigned>(w);
     }
     copied += got;
@@ -88,25 +90,23 @@ task<std::uint64_t> copy_chunk_through(Context& io, int in, int out, std::uint64
 struct uring_run {
   std::vector<extent> chunks;
   std::size_t next = 0;
-  std::uint64_t bytes = 0;
-  std::uint64_t high = 0;
-  std::uint64_t eof_at = std::numeric_limits<std::uint64_t>::max();
+  data_outcome outcome;  // end: the first end of file met
   std::exception_ptr error;
   std::stop_source abort;
 };
 
 template <class Context = io_context>
 task<void> uring_lane(Context& io, int in, int out, uring_run& s, std::byte* buf,
-                      std::atomic<std::uint64_t>& done, const std::string& who) {
+                      std::atomic<std::uint64_t>& done, const error_site& site) {
   try {
     while (!s.abort.stop_requested() && s.next < s.chunks.size()) {
       const extent c = s.chunks[s.next++];
-      if (c.offset >= s.eof_at) continue;  // past an end of file already found
-      const std::uint64_t n = co_await copy_chunk_through(io, in, out, c.offset, c.length, buf, s.abort.get_token(), who);
-      s.bytes += n;
-      s.high = std::max(s.high, c.offset + n);
+      if (c.offset >= s.outcome.end) continue;  // past an end of file already found
+      const std::uint64_t n = co_await copy_chunk_through(io, in, out, c.offset, c.length, buf, s.abort.get_token(), site);
+      s.outcome.bytes += n;
+      s.outcome.written_end = std::max(s.outcome.written_end, c.offset + n);
       done.fetch_add(n, std::memory_order_relaxed);
-      if (n < c.length) s.eof_at = std::min(s.eof_at, c.offset + n);
+      if (n < c.length) s.outcome.end = std::min(s.outcome.end, c.offset + n);
     }
   } catch (...) {
     if (!s.error) s.error = std::current_exception();
@@ -114,19 +114,15 @@ task<void> uring_lane(Context& io, int in, int out, uring_run& s, std::byte* buf
   }
 }
 
-// Copies `data` (then on to end of file, never at or past `limit`) with reads and writes on the
-// ring. Returns {bytes, high, end}.
-struct uring_outcome {
-  std::uint64_t bytes = 0, high = 0, end = 0;
-  unsigned depth = 1;
-};
-
+// Copies the request's data (then on to end of file, never at or past the limit) with reads and
+// writes on the ring, `depth` in flight.
 template <class Context = io_context>
-task<uring_outcome> run_uring(Context& io, int in, int out, std::vector<extent> data, std::uint64_t planned_end,
-                              std::uint64_t limit, std::uint64_t chunk, unsigned depth,
-                              std::atomic<std::uint64_t>& done, std::stop_token stop, const std::string& who) {
+task<data_outcome> run_uring(Context& io, const data_request& req, std::vector<extent> data, std::uint64_t chunk,
+                             unsigned depth, std::atomic<std::uint64_t>& done, std::stop_token stop,
+                             const error_site& site) {
   uring_run s;
   s.chunks = chunk_extents(data, chunk);
+  s.outcome.method = copy_method::uring;
   depth = static_cast<unsigned>(std::clamp<std::size_t>(s.chunks.size(), 1, std::max(depth, 1u)));
   std::stop_callback on_stop(stop, [&s] { s.abort.request_stop(); });
   const std::size_t buf_size = static_cast<std::size_t>(chunk);
@@ -134,29 +130,26 @@ task<uring_outcome> run_uring(Context& io, int in, int out, std::vector<extent> 
   std::vector<task<void>> lanes;
   for (unsigned i = 0; i < depth && !s.chunks.empty(); ++i) {
     buffers.push_back(std::make_unique_for_overwrite<std::byte[]>(buf_size));
-    lanes.push_back(uring_lane(io, in, out, s, buffers.back().get(), done, who));
+    lanes.push_back(uring_lane(io, req.in, req.out, s, buffers.back().get(), done, site));
   }
   co_await when_all(std::move(lanes));
-  if (stop.stop_requested()) throw_errno(ECANCELED, who + ": cancelled");
+  if (stop.stop_requested()) site.fail(ECANCELED, "cancelled");
   if (s.error) std::rethrow_exception(s.error);
   // Whatever the planned size said, the copy ends where reading finds end of file.
-  std::uint64_t pos = std::min(s.eof_at, planned_end);
+  std::uint64_t pos = std::min(s.outcome.end, req.end);
   if (buffers.empty()) buffers.push_back(std::make_unique_for_overwrite<std::byte[]>(buf_size));
-  while (pos < limit) {
-    const std::uint64_t want = std::min(chunk, limit - pos);
-    const std::uint64_t n = co_await copy_chunk_through(io, in, out, pos, want, buffers.front().get(), stop, who);
+  while (pos < req.limit) {
+    const std::uint64_t want = std::min(chunk, req.limit - pos);
+    const std::uint64_t n = co_await copy_chunk_through(io, req.in, req.out, pos, want, buffers.front().get(), stop, site);
     pos += n;
-    s.bytes += n;
+    s.outcome.bytes += n;
     done.fetch_add(n, std::memory_order_relaxed);
-    if (n > 0) s.high = std::max(s.high, pos);
+    if (n > 0) s.outcome.written_end = std::max(s.outcome.written_end, pos);
     if (n < want) break;
   }
-  uring_outcome r;
-  r.bytes = s.bytes;
-  r.high = s.high;
-  r.end = pos;
-  r.depth = depth;
-  co_return r;
+  s.outcome.end = pos;
+  s.outcome.parallelism = std::max(depth / 2, 1u);
+  co_return std::move(s.outcome);
 }
 
 }  // namespace pidring::detail

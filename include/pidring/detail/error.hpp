@@ -6,9 +6,11 @@
 #include <pidring/error.hpp>
 
 #include <cerrno>
+#include <exception>
 #include <filesystem>
 #include <string>
 #include <string_view>
+#include <utility>
 
 namespace pidring::detail {
 
@@ -17,6 +19,44 @@ namespace pidring::detail {
 [[noreturn]] inline void throw_error(int err, std::string_view operation, const std::string& message,
                                      std::filesystem::path path = {}, std::filesystem::path other_path = {}) {
   throw pidring::error(err, operation, message, std::move(path), std::move(other_path));
+}
+
+// Where a failure happened, for the errors of one call: how its messages begin (`who`, e.g.
+// "copy_file 'a' -> 'b'"), the paths they concern, and an optional name of the object inside
+// the call (a file of a tree, quoted) that follows the step in the message.
+struct error_site {
+  std::string who;
+  std::filesystem::path path, other_path;
+  std::string about;
+
+  // Throws "<who>: <operation>[ <about>][: <why>]: <errno text>".
+  [[noreturn]] void fail(int err, std::string_view operation, std::string_view why = {}) const {
+    say(err, operation, operation, why);
+  }
+  // The same with the step said in words of its own ("destination exists", "FICLONE"):
+  // "<who>: <step>[ <about>][: <why>]: <errno text>"; the error's operation is `operation`.
+  [[noreturn]] void say(int err, std::string_view operation, std::string_view step, std::string_view why = {}) const {
+    std::string m;
+    m.reserve(who.size() + step.size() + about.size() + why.size() + 6);
+    m.append(who).append(": ").append(step);
+    if (!about.empty()) m.append(" ").append(about);
+    if (!why.empty()) m.append(": ").append(why);
+    throw_error(err, operation, m, path, other_path);
+  }
+};
+
+struct error_access {
+  static const std::string& message(const pidring::error& e) noexcept { return e.fields_->message; }
+};
+
+// Rethrows `failure` with `note` added to its message (a pidring::error keeps its fields; anything
+// else goes on as it is).
+[[noreturn]] inline void rethrow_with_note(const std::exception_ptr& failure, const std::string& note) {
+  try {
+    std::rethrow_exception(failure);
+  } catch (const pidring::error& e) {
+    throw pidring::error(e.code().value(), e.operation(), error_access::message(e) + note, e.path(), e.other_path());
+  }
 }
 
 // The older form, with no operation named: every call site is being moved to throw_error.

@@ -37,6 +37,11 @@ namespace pidring::detail {
 #else
 #define PIDRING_SYS_CLOSE_RANGE SYS_close_range
 #endif
+#ifndef SYS_openat2
+#define PIDRING_SYS_OPENAT2 437
+#else
+#define PIDRING_SYS_OPENAT2 SYS_openat2
+#endif
 // close_range's flag (Linux 5.11; <linux/close_range.h> is newer than some headers we build with).
 inline constexpr unsigned close_range_cloexec = 1u << 2;  // CLOSE_RANGE_CLOEXEC
 
@@ -94,6 +99,17 @@ inline bool sys_pidfd_reaped_status(int pidfd, int& wait_status) noexcept {
   if (r != 0 || !(info.mask & pidfd_info_exit)) return false;
   wait_status = info.exit_code;
   return true;
+}
+
+// openat2 (Linux 5.6) with RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS: `path`
+// below `dir`, never through a symbolic link and never above `dir` (".." cannot climb out).
+// The fd, or -errno (-ENOSYS where the kernel has no openat2; -EAGAIN when a rename raced).
+inline constexpr std::uint64_t resolve_beneath_no_links = 0x08 | 0x04 | 0x02;  // BENEATH | NO_SYMLINKS | NO_MAGICLINKS
+inline int sys_openat2_beneath(int dir, const char* path, int flags, mode_t mode = 0) noexcept {
+  struct {
+    std::uint64_t flags, mode, resolve;
+  } how{static_cast<std::uint64_t>(static_cast<unsigned>(flags)), mode, resolve_beneath_no_links};
+  return static_cast<int>(raw_syscall_result(::syscall(PIDRING_SYS_OPENAT2, dir, path, &how, sizeof how)));
 }
 
 // The first `limit` bytes of a /proc (or other small) file; empty if it cannot be read. Opened
