@@ -95,7 +95,7 @@ TEST_CASE("copy pool: every blocking call of a copy runs on a pool thread named 
     ::close(out);
     io.run(pidring::copy_tree(io, dir / "tree", dir / "tree2"));
   }
-  CHECK(points == std::set<std::string>{"data", "publish", "tree-file"});
+  CHECK(points == std::set<std::string>{"data", "publish", "tree-dir", "tree-file", "tree-walked"});
   CHECK(!tids.empty());
   for (pid_t tid : tids) CHECK(!pidring::detail::own_threads::contains(tid));  // forgotten once joined
   CHECK(tids.count(ring) == 0);

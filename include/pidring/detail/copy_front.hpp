@@ -168,7 +168,7 @@ template <class = void>
 task<copy_result> copy_file_impl(io_context& io, std::filesystem::path from, std::filesystem::path to,
                                  copy_options o) {
   // The call's own copy of its site: the copy (and its site) goes to the jobs.
-  const error_site call{"copy_file " + quoted_path(from.string()) + " -> " + quoted_path(to.string()), from, to, {}};
+  const error_site call{"copy_file " + quoted_path(from.string()) + " -> " + quoted_path(to.string()), from.native(), to.native(), {}};
   refuse_nul(from, call, "source");
   refuse_nul(to, call, "destination");
   if (o.stop.stop_requested()) throw_cancelled(call);
@@ -340,7 +340,7 @@ task<std::uint64_t> copy_range_impl(io_context& io, int in, int out, std::uint64
 template <class = void>
 task<tree_result> copy_tree_impl(io_context& io, std::filesystem::path from, std::filesystem::path to,
                                  tree_options o) {
-  const error_site call{"copy_tree " + quoted_path(from.string()) + " -> " + quoted_path(to.string()), from, to, {}};
+  const error_site call{"copy_tree " + quoted_path(from.string()) + " -> " + quoted_path(to.string()), from.native(), to.native(), {}};
   refuse_nul(from, call, "source");
   refuse_nul(to, call, "destination");
   if (o.method == copy_method::uring)

@@ -30,16 +30,6 @@
 
 namespace pidring::detail {
 
-// A path for a message: quoted, a NUL byte shown as \0 (it would end the message otherwise).
-inline std::string quoted_path(const std::string& p) {
-  std::string s = "'";
-  for (char c : p) {
-    if (c == '\0') s += "\\0";
-    else s += c;
-  }
-  return s + "'";
-}
-
 // ---- hidden names: whose they are, and whether their creator is gone ------------------------------
 
 // Who makes hidden names: this boot and pid namespace (a hash: `host`), this process (its pid and
@@ -60,7 +50,7 @@ inline unsigned long long process_start(pid_t pid) {
   const auto close = stat.rfind(')');  // the name may hold spaces and parentheses
   if (close == std::string::npos) return 0;
   const char* p = stat.c_str() + close + 1;
-  for (int field = 2; field < 22 && *p; ++field) {  // after ')' comes field 3
+  for (int field = 3; field < 22 && *p; ++field) {  // after ')' comes field 3
     while (*p == ' ') ++p;
     while (*p && *p != ' ') ++p;
   }

@@ -114,6 +114,7 @@ struct tree_copy {
       site.say(EINVAL, "refused", "the destination is inside the source");
     umask = current_umask();
     walk(std::move(root), top, ctl);
+    copy_hook_point("tree-walked");
     create_pending_tree(dest, site);
     struct stat d {};
     if (::fstat(dest.root.get(), &d) != 0) site.say(errno, "mkdir", "fstat " + dest.hidden_path());
@@ -177,12 +178,10 @@ struct tree_copy {
       const tree_entry& e = entries[i];
       if (!e.is_link()) continue;
       const tree_entry& first = entries[e.link_to];
-      const std::string rel = tree_path(entries, i);
-      const error_site at = entry_site(rel, true);
-      if (ctl.stopped()) throw_cancelled(at);
-      const tree_dirs::handle to_dir = made_dir(e.parent, at), first_dir = made_dir(first.parent, at);
+      if (ctl.stopped()) throw_cancelled(site);
+      const tree_dirs::handle to_dir = made_dir(e.parent, i), first_dir = made_dir(first.parent, i);
       if (::linkat(first_dir->get(), first.name.c_str(), to_dir->get(), e.name.c_str(), 0) != 0)
-        at.fail(errno, "link", "to " + quoted_path((to / tree_path(entries, e.link_to)).string()));
+        entry_site(i, true).fail(errno, "link", "to " + quoted_path((to / tree_path(entries, e.link_to)).string()));
       if (S_ISREG(e.mode)) {
         counters->files.fetch_add(1, std::memory_order_relaxed);
         files.fetch_add(1, std::memory_order_relaxed);
@@ -193,24 +192,23 @@ struct tree_copy {
       if (ctl.stopped()) throw_cancelled(site);
       const bool dir = S_ISDIR(e.mode);
       if (e.is_link() || S_ISREG(e.mode) || (S_ISLNK(e.mode) && !preserve_times)) continue;
-      const std::string rel = tree_path(entries, i);
-      const error_site at = entry_site(rel, true);
-      const tree_dirs::handle parent = i == 0 ? made->root() : made_dir(e.parent, at);
+      const tree_dirs::handle parent = i == 0 ? made->root() : made_dir(e.parent, i);
       const char* name = i == 0 ? "." : e.name.c_str();
       if (dir || S_ISFIFO(e.mode) || S_ISCHR(e.mode) || S_ISBLK(e.mode)) {
         const mode_t mode = copied_mode(e.mode);
         const bool must = dir ? mode != 0700 : (mode & ~umask) != mode;
         // Ours, in a directory only we may enter until the top one's mode is set last: no link
         // can have appeared here.
-        if (must && ::fchmodat(parent->get(), name, mode, 0) != 0) at.fail(errno, "chmod");
+        if (must && ::fchmodat(parent->get(), name, mode, 0) != 0) entry_site(i, true).fail(errno, "chmod");
       }
       if (preserve_times && !S_ISLNK(e.mode)) {
         const timespec times[2] = {e.atime, e.mtime};
-        if (::utimensat(parent->get(), name, times, AT_SYMLINK_NOFOLLOW) != 0) at.say(errno, "set times", "set the times of");
+        if (::utimensat(parent->get(), name, times, AT_SYMLINK_NOFOLLOW) != 0)
+          entry_site(i, true).say(errno, "set times", "set the times of");
       }
       if (durable && dir) {
         unique_fd d(::openat(parent->get(), name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
-        if (!d || ::fsync(d.get()) != 0) at.fail(errno, "fsync");
+        if (!d || ::fsync(d.get()) != 0) entry_site(i, true).fail(errno, "fsync");
       }
     }
   }
@@ -249,9 +247,17 @@ struct tree_copy {
 
  private:
   // The site of one object of the tree: its source path, or with `made` its path in the copy.
+  // The same for entry `i`, its path built now (only for an error: it costs the tree's depth).
+  error_site entry_site(std::size_t i, bool in_copy) const { return entry_site(tree_path(entries, i), in_copy); }
+
   error_site entry_site(const std::string& rel, bool in_copy) const {
-    error_site at{site.who, rel.empty() ? from : from / rel, rel.empty() ? to : to / rel, {}};
-    at.about = quoted_path((in_copy ? at.other_path : at.path).string());
+    auto below = [&rel](const std::filesystem::path& top) {
+      std::string p = top.native();
+      if (rel.empty()) return p;
+      if (!p.empty() && p.back() != '/') p += '/';
+      return p += rel;
+    };
+    error_site at{site.who, below(from), below(to), {}, in_copy ? error_site::named::other_path : error_site::named::path};
     return at;
   }
 
@@ -267,11 +273,14 @@ struct tree_copy {
     at.say(err, "open source", "open");
   }
 
-  tree_dirs::handle made_dir(std::size_t dir, const error_site& at) {
+  // Directory `dir` of the new tree, to make or change entry `i` in it.
+  tree_dirs::handle made_dir(std::size_t dir, std::size_t i) {
     int err = 0;
     std::size_t failed = 0;
     tree_dirs::handle h = made->get(dir, err, failed);
-    if (!h) at.say(err, "create destination", "create", "open its directory " + quoted_path((to / tree_path(entries, failed)).string()));
+    if (!h)
+      entry_site(i, true).say(err, "create destination", "create",
+                              "open its directory " + quoted_path((to / tree_path(entries, failed)).string()));
     return h;
   }
 
@@ -279,7 +288,7 @@ struct tree_copy {
     int err = 0;
     std::size_t failed = 0;
     tree_dirs::handle h = source->get(dir, err, failed);
-    if (!h) fail_source_lookup(entry_site(tree_path(entries, failed), false), err);
+    if (!h) fail_source_lookup(entry_site(failed, false), err);
     return h;
   }
 
@@ -290,14 +299,14 @@ struct tree_copy {
     const tree_entry& e = entries[index];
     const tree_dirs::handle parent = source_dir(e.parent);
     unique_fd fd(::openat(parent->get(), e.name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_NOCTTY | O_CLOEXEC));
-    const error_site at = entry_site(tree_path(entries, index), false);
     if (!fd) {
-      if (errno == ENOTDIR || errno == ELOOP) at.fail(errno, "read directory", "it was replaced during the copy");
-      at.fail(errno, "read directory");
+      const int err = errno;
+      if (err == ENOTDIR || err == ELOOP) entry_site(index, false).fail(err, "read directory", "it was replaced during the copy");
+      entry_site(index, false).fail(err, "read directory");
     }
     struct stat st {};
-    if (::fstat(fd.get(), &st) != 0) at.fail(errno, "read directory", "fstat");
-    if (!same_object(st, e)) at.fail(ENOENT, "read directory", "it was replaced during the copy");
+    if (::fstat(fd.get(), &st) != 0) entry_site(index, false).fail(errno, "read directory", "fstat");
+    if (!same_object(st, e)) entry_site(index, false).fail(ENOENT, "read directory", "it was replaced during the copy");
     return fd;
   }
 
@@ -318,6 +327,7 @@ struct tree_copy {
     while (!to_read.empty()) {
       const std::size_t dir_index = to_read.back();
       to_read.pop_back();
+      if (copy_hooks_on && dir_index != 0) copy_hook_point("tree-dir", tree_path(entries, dir_index));
       unique_fd dir = dir_index == 0 ? unique_fd(::fcntl(source->root()->get(), F_DUPFD_CLOEXEC, 0)) : open_listed_dir(dir_index);
       if (!dir) site.say(errno, "read directory", "dup the source");
       const int listing = ::fcntl(dir.get(), F_DUPFD_CLOEXEC, 0);
@@ -325,7 +335,7 @@ struct tree_copy {
       if (d == nullptr) {
         const int err = errno;
         if (listing >= 0) ::close(listing);
-        entry_site(tree_path(entries, dir_index), false).fail(err, "read directory");
+        entry_site(dir_index, false).fail(err, "read directory");
       }
       struct closer {
         DIR* d;
@@ -335,7 +345,7 @@ struct tree_copy {
         errno = 0;
         const dirent* de = ::readdir(d);
         if (de == nullptr) {
-          if (errno != 0) entry_site(tree_path(entries, dir_index), false).fail(errno, "read directory");
+          if (errno != 0) entry_site(dir_index, false).fail(errno, "read directory");
           break;
         }
         const char* name = de->d_name;
@@ -411,26 +421,25 @@ struct tree_copy {
         else ++specials;
         continue;
       }
-      const std::string rel = tree_path(entries, i);
-      const error_site at = entry_site(rel, true);
-      const tree_dirs::handle parent = made_dir(e.parent, at);
+      const tree_dirs::handle parent = made_dir(e.parent, i);
       if (S_ISDIR(e.mode)) {
-        if (::mkdirat(parent->get(), e.name.c_str(), 0700) != 0) at.fail(errno, "mkdir");
+        if (::mkdirat(parent->get(), e.name.c_str(), 0700) != 0) entry_site(i, true).fail(errno, "mkdir");
         ++directories;
         continue;
       }
       if (S_ISLNK(e.mode)) {
-        if (::symlinkat(e.target.c_str(), parent->get(), e.name.c_str()) != 0) at.fail(errno, "symlink");
+        if (::symlinkat(e.target.c_str(), parent->get(), e.name.c_str()) != 0) entry_site(i, true).fail(errno, "symlink");
         if (preserve_times) {
           const timespec times[2] = {e.atime, e.mtime};
-          if (::utimensat(parent->get(), e.name.c_str(), times, AT_SYMLINK_NOFOLLOW) != 0) at.say(errno, "set times", "set the times of");
+          if (::utimensat(parent->get(), e.name.c_str(), times, AT_SYMLINK_NOFOLLOW) != 0)
+            entry_site(i, true).say(errno, "set times", "set the times of");
         }
         ++symlinks;
         continue;
       }
       // FIFOs and device nodes (a device needs CAP_MKNOD: EPERM names it).
       if (::mknodat(parent->get(), e.name.c_str(), (e.mode & S_IFMT) | copied_mode(e.mode), e.rdev) != 0)
-        entry_site(rel, false).say(errno, "mknod", std::string("recreate ") + file_type_name(e.mode),
+        entry_site(i, false).say(errno, "mknod", std::string("recreate ") + file_type_name(e.mode),
                                    S_ISFIFO(e.mode) ? std::string()
                                                     : "device " + std::to_string(major(e.rdev)) + ":" + std::to_string(minor(e.rdev)));
       ++specials;
@@ -442,7 +451,11 @@ struct tree_copy {
     buf.resize(std::max<std::size_t>(e.size + 1, 256));
     for (;;) {
       const ssize_t n = ::readlinkat(dir, e.name.c_str(), buf.data(), buf.size());
-      if (n < 0) entry_site(child_path(e.parent, e.name), false).fail(errno, "readlink");
+      if (n < 0) {
+        const error_site at = entry_site(child_path(e.parent, e.name), false);
+        if (errno == EINVAL) at.fail(ENOENT, "readlink", "it is no longer a symbolic link: it was replaced during the copy");
+        at.fail(errno, "readlink");
+      }
       if (static_cast<std::size_t>(n) < buf.size()) {
         e.target.assign(buf.data(), static_cast<std::size_t>(n));
         return;

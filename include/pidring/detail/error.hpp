@@ -21,13 +21,29 @@ namespace pidring::detail {
   throw pidring::error(err, operation, message, std::move(path), std::move(other_path));
 }
 
+// A path for a message: quoted, a NUL byte shown as \0 (it would end the message otherwise).
+inline std::string quoted_path(std::string_view p) {
+  std::string s;
+  s.reserve(p.size() + 2);
+  s += '\'';
+  for (char c : p) {
+    if (c == '\0') s += "\\0";
+    else s += c;
+  }
+  return s += '\'';
+}
+
 // Where a failure happened, for the errors of one call: how its messages begin (`who`, e.g.
 // "copy_file 'a' -> 'b'"), the paths they concern, and an optional name of the object inside
-// the call (a file of a tree, quoted) that follows the step in the message.
+// the call (a file of a tree) that follows the step in the message: `about`, or one of the paths
+// quoted. The paths are kept as strings, quoted and made std::filesystem::path only when an error
+// is thrown (a path object splits itself into components: too dear for every file of a deep tree).
 struct error_site {
+  enum class named { about, path, other_path };
   std::string who;
-  std::filesystem::path path, other_path;
+  std::string path, other_path;
   std::string about;
+  named object = named::about;  // what follows the step in the message
 
   // Throws "<who>: <operation>[ <about>][: <why>]: <errno text>".
   [[noreturn]] void fail(int err, std::string_view operation, std::string_view why = {}) const {
@@ -36,10 +52,13 @@ struct error_site {
   // The same with the step said in words of its own ("destination exists", "FICLONE"):
   // "<who>: <step>[ <about>][: <why>]: <errno text>"; the error's operation is `operation`.
   [[noreturn]] void say(int err, std::string_view operation, std::string_view step, std::string_view why = {}) const {
+    const std::string quoted_object = object == named::path         ? quoted_path(path)
+                                      : object == named::other_path ? quoted_path(other_path)
+                                                                    : about;
     std::string m;
-    m.reserve(who.size() + step.size() + about.size() + why.size() + 6);
+    m.reserve(who.size() + step.size() + quoted_object.size() + why.size() + 6);
     m.append(who).append(": ").append(step);
-    if (!about.empty()) m.append(" ").append(about);
+    if (!quoted_object.empty()) m.append(" ").append(quoted_object);
     if (!why.empty()) m.append(": ").append(why);
     throw_error(err, operation, m, path, other_path);
   }

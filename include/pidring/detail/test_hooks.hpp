@@ -43,13 +43,17 @@ inline constexpr test_hooks hooks() noexcept { return {}; }
 namespace pidring::detail {
 
 #ifdef PIDRING_TESTING
+// Whether the copier's hooks exist: what is computed only to be handed to them is skipped otherwise.
+inline constexpr bool copy_hooks_on = true;
 struct copy_test_hooks {
   // Publish through a hidden temporary name even where O_TMPFILE works.
   bool no_tmpfile = false;
-  // Called on the pool thread at named points of a copy, so a test can hold a copy there or see
-  // which thread runs it: "data" (before a file's or a range's bytes move, `what` empty),
-  // "publish" (before a copy is put in place), "tree-file" (before each file of a tree, `what`
-  // its path below the tree's root).
+  // Called on the pool thread at named points of a copy, so a test can hold a copy there, see
+  // which thread runs it, or change the source there: "data" (before a file's or a range's
+  // bytes move, `what` empty), "publish" (before a copy is put in place), and for trees
+  // "tree-dir" (before each directory below the root is opened and listed, `what` its path below
+  // the root), "tree-walked" (after the walk, before the new tree is made), "tree-file" (before
+  // each file is opened, `what` its path below the root).
   std::function<void(std::string_view point, std::string_view what)> at;
 };
 inline copy_test_hooks& copy_hooks() noexcept {
@@ -60,6 +64,7 @@ inline void copy_hook_point(std::string_view point, std::string_view what = {}) 
   if (copy_hooks().at) copy_hooks().at(point, what);
 }
 #else
+inline constexpr bool copy_hooks_on = false;
 struct copy_test_hooks {
   bool no_tmpfile = false;  // a member of a constexpr value: the test folds away
 };

@@ -102,6 +102,7 @@ class tree_dirs {
   // The directory entry `dir`, or null with `err` set and `failed` the index of the directory
   // that could not be reached (`dir` or one of its ancestors).
   handle get(std::size_t dir, int& err, std::size_t& failed) {
+    err = 0;
     std::unique_lock lock(mutex_);
     if (dir == 0) return root_;
     if (handle h = find(dir)) return h;
@@ -120,7 +121,7 @@ class tree_dirs {
       chain.push_back(j);
     }
     lock.unlock();  // the lookups below are system calls: other threads go on meanwhile
-    handle got = openat2_->load(std::memory_order_relaxed) ? lookup_beneath(*base, chain, err, failed) : nullptr;
+    handle got = openat2_->load(std::memory_order_relaxed) ? lookup_beneath(base, chain, err, failed) : nullptr;
     if (!got && err == 0) got = lookup_by_names(base, chain, err, failed);
     if (got) {
       lock.lock();
@@ -204,36 +205,41 @@ class tree_dirs {
     return ::fstat(fd, &st) == 0 && same_object(st, (*entries_)[dir]);
   }
 
-  // One openat2 for the whole relative path, where it is short enough. Null with err 0: take the
-  // per-name way (no openat2 here, or the path is too long).
-  handle lookup_beneath(const unique_fd& base, const std::vector<std::size_t>& chain, int& err, std::size_t& failed) {
-    std::string path;
-    for (auto it = chain.rbegin(); it != chain.rend(); ++it) {
-      if (!path.empty()) path += '/';
-      path += (*entries_)[*it].name;
-    }
+  // openat2 for the names from `base` down (RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS: no link is
+  // followed, nothing above `base` is reached), as few calls as PATH_MAX allows; each call's end
+  // is checked and kept. Null with err 0: take the per-name way (no openat2 here, or a lookup
+  // failed: the per-name way says which name, and fails there too).
+  handle lookup_beneath(handle cur, const std::vector<std::size_t>& chain, int& err, std::size_t& failed) {
     err = 0;
-    if (path.size() >= PATH_MAX) return nullptr;
-    int fd = -EAGAIN;
-    for (int attempt = 0; attempt < 8 && fd == -EAGAIN; ++attempt)
-      fd = sys_openat2_beneath(base.get(), path.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
-    if (fd == -ENOSYS || fd == -E2BIG || fd == -EPERM) {  // no openat2 (or a policy denies it)
-      openat2_->store(false, std::memory_order_relaxed);
-      return nullptr;
+    std::string path;
+    for (auto it = chain.rbegin(); it != chain.rend();) {
+      path.clear();
+      auto last = it;
+      for (; it != chain.rend(); ++it) {
+        const std::string& n = (*entries_)[*it].name;
+        if (!path.empty() && path.size() + 1 + n.size() >= PATH_MAX) break;
+        if (!path.empty()) path += '/';
+        path += n;
+        last = it;
+      }
+      int fd = -EAGAIN;
+      for (int attempt = 0; attempt < 8 && fd == -EAGAIN; ++attempt)
+        fd = sys_openat2_beneath(cur->get(), path.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
+      if (fd == -ENOSYS || fd == -E2BIG || fd == -EPERM) openat2_->store(false, std::memory_order_relaxed);
+      if (fd < 0) return nullptr;
+      unique_fd got(fd);
+      if (!is_expected(got.get(), *last)) {
+        err = ENOENT;  // another directory is there now: the one the walk saw is gone from here
+        failed = *last;
+        return nullptr;
+      }
+      cur = std::make_shared<const unique_fd>(std::move(got));
+      if (it != chain.rend()) {
+        std::lock_guard lock(mutex_);
+        insert(*last, cur);
+      }
     }
-    if (fd == -EAGAIN) return nullptr;  // renames keep racing: one name at a time
-    failed = chain.front();
-    if (fd < 0) {
-      // Which name failed is not said: the per-name way tells, and fails there too.
-      err = 0;
-      return nullptr;
-    }
-    unique_fd got(fd);
-    if (!is_expected(got.get(), chain.front())) {
-      err = ENOENT;  // another directory is there now
-      return nullptr;
-    }
-    return std::make_shared<const unique_fd>(std::move(got));
+    return cur;
   }
 
   handle lookup_by_names(handle cur, const std::vector<std::size_t>& chain, int& err, std::size_t& failed) {
