@@ -467,8 +467,32 @@ def make_file(path, mib):
             dst.write(src.read(1 << 20))
 
 
+DST = object()  # in copy_commands' argv: where each run's fresh destination name goes
+
+
+class fresh_names:
+    """Destination names never used before in this run: this VM's ext4 does not reuse an inode
+    freed in the last minute, and a name deleted just before the copy made the rounds differ
+    several times over. `drop()` removes the copies made so far (between runs, untimed)."""
+
+    def __init__(self, d, stem):
+        self.d, self.stem, self.n, self.made = d, stem, 0, []
+
+    def argv(self, argv):
+        self.n += 1
+        name = f"{self.d}/{self.stem}-{os.getpid()}-{self.n}"
+        self.made.append(name)
+        return [name if x is DST else x for x in argv]
+
+    def drop(self):
+        for p in self.made:
+            if os.path.exists(p):
+                os.unlink(p)
+        self.made.clear()
+
+
 def copy_commands(a, src, dst):
-    """(name, argv, timed from outside) for every copier of a file src -> dst."""
+    """(name, argv, timed from outside) for every copier of a file src -> dst (dst may be DST)."""
     b = f"{a.bin}/bench_copy"
     t = [("pidring automatic (default parallelism)", [b, "pidring", "automatic", "0", src, dst], True)]
     if a.pcp and os.path.exists(a.pcp):
@@ -488,32 +512,27 @@ def startup_costs(a, d, key):
     """Each program's exec-to-exit time for an empty file: its start-up (exec, dynamic linking,
     io_uring setup...), which on a VM with slow page faults is milliseconds. Subtracted from the
     copies so that a 64 MiB copy compares copying, not loading libstdc++ against loading libc."""
-    src, dst = f"{d}/empty-src", f"{d}/empty-dst"
+    src = f"{d}/empty-src"
     open(src, "wb").close()
-    cmds = copy_commands(a, src, dst)
-
-    def before(name):
-        if os.path.exists(dst):
-            os.unlink(dst)
-
-    targets = [(name, (lambda argv=argv: wall_seconds(argv)) if outside else (lambda: 0.0))
+    names = fresh_names(d, "empty-dst")
+    cmds = copy_commands(a, src, DST)
+    targets = [(name, (lambda argv=argv: wall_seconds(names.argv(argv))) if outside else (lambda: 0.0))
                for name, argv, outside in cmds]
-    med, _ = interleave(targets, a.copy_rounds, before=before, key=key)
-    for p in (src, dst):
-        if os.path.exists(p):
-            os.unlink(p)
+    med, _ = interleave(targets, a.copy_rounds, before=lambda name: names.drop(), key=key)
+    names.drop()
+    os.unlink(src)
     return med
 
 
-def copy_targets(a, src, dst, mib, startup):
+def copy_targets(a, src, names, mib, startup):
     def corrected(name, argv):
         def fn():
-            t = wall_seconds(argv)
+            t = wall_seconds(names.argv(argv))
             return None if t is None else max(t - (startup.get(name) or 0.0), 1e-6)
         return fn
 
-    t = [(name, corrected(name, argv) if outside else (lambda argv=argv: printed_seconds(argv)))
-         for name, argv, outside in copy_commands(a, src, dst)]
+    t = [(name, corrected(name, argv) if outside else (lambda argv=argv: printed_seconds(names.argv(argv))))
+         for name, argv, outside in copy_commands(a, src, DST)]
     t.append(("memcpy ceiling", lambda: printed_seconds([f"{a.bin}/bench_copy", "memcpy", str(mib)])))
     return t
 
@@ -528,24 +547,23 @@ def w_copy(a, R):
         startup = startup_costs(a, d, f"copy start-up {fs}")
         R.setdefault("copy_startup", {})[fs] = startup
         for mib in a.copy_mib:
-            src, dst = f"{d}/src-{mib}", f"{d}/dst-{mib}"
+            src = f"{d}/src-{mib}"
             make_file(src, mib)
             caches = ["warm"] + (["cold"] if fs != "tmpfs" and root else [])
             for cache in caches:
                 key = f"{fs} {mib} MiB {cache}"
                 log(f"copy: {key}")
+                names = fresh_names(d, f"dst-{mib}")
 
-                def before(name, cache=cache, dst=dst):
-                    if os.path.exists(dst):
-                        os.unlink(dst)
+                def before(name, cache=cache, names=names):
+                    names.drop()
                     if cache == "cold":
                         drop_caches()
 
-                med, _ = interleave(copy_targets(a, src, dst, mib, startup), a.copy_rounds, before=before,
+                med, _ = interleave(copy_targets(a, src, names, mib, startup), a.copy_rounds, before=before,
                                     key=f"copy {key}")
                 R["copy"][key] = {"mib": mib, "fs": fs, "cache": cache, "results": med}
-                if os.path.exists(dst):
-                    os.unlink(dst)
+                names.drop()
             if not a.keep_files:
                 os.unlink(src)
 
