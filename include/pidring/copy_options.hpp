@@ -3,7 +3,10 @@
 /// The vocabulary of copies: copy_method, the options of copy_file / copy_range / copy_tree and
 /// what they report (progress, results). The calls themselves are in copy.hpp.
 
+#include <pidring/error.hpp>
+
 #include <cstdint>
+#include <filesystem>
 #include <functional>
 #include <stop_token>
 #include <string_view>
@@ -58,6 +61,17 @@ struct copy_options {
   /// Copy only data extents (SEEK_DATA/SEEK_HOLE, looked for only in files with fewer blocks
   /// than their size needs): holes stay holes.
   bool sparse = true;
+  /// Also make holes where the source has blocks of zeros (`cp --sparse=always`): the data is
+  /// read and written (read_write), and a block of zeros is not written.
+  bool zeros_as_holes = false;
+  /// Also give the copy the source's access and modification times (before it is published).
+  bool preserve_times = false;
+  /// Also give the copy the source's owner and group (needs privilege: CAP_CHOWN), and then its
+  /// set-user-ID and set-group-ID bits too (`cp --preserve=ownership`).
+  bool preserve_owner = false;
+  /// Also copy the source's extended attributes (ACLs and SELinux labels are kept as such:
+  /// `cp --preserve=xattr`). Where the destination's file system takes none: ignored.
+  bool preserve_xattrs = false;
   /// fsync the file before publishing it and its directory after.
   bool durable = false;
   /// Called on the ring's thread at the start (done 0), at most every ~50 ms while a big copy
@@ -84,6 +98,29 @@ struct tree_progress {
   std::uint64_t bytes_done = 0, bytes_total = 0;
 };
 
+/// What copy_tree does with the symbolic links it meets.
+enum class tree_links {
+  follow_top,  ///< `from` itself may be a link to the directory to copy; links inside are copied as
+               ///< links (`cp -R -H`). `from` must be a directory (ENOTDIR).
+  copy,        ///< every link is copied as a link, `from` too (`cp -R -P`, cp -R's default); `from`
+               ///< may be any object: a link, a FIFO or a device is recreated, a file copied
+  follow,      ///< every link is followed and what it leads to is copied (`cp -R -L`); a link that
+               ///< leads nowhere, or back into a directory being copied, is an error about it
+};
+
+/// What a merging copy_tree (tree_options::merge) does where `to` already has something by the
+/// name of a file, link or special file of the source.
+enum class existing_entry {
+  replace,        ///< replaced (by rename: a reader sees the old file or the new one): cp's default
+  keep,           ///< left as it is (`cp -n`)
+  replace_older,  ///< replaced where the source is newer (`cp -u`); else left
+};
+
+/// One entry that copy_tree copied (on_copied): where it was, where the copy is.
+struct tree_entry_report {
+  std::filesystem::path from, to;
+};
+
 /// How to copy a tree (name it before awaiting, as copy_options).
 struct tree_options {
   /// Files copied at once on the pool; 0: chosen from the CPUs (at least 2).
@@ -93,21 +130,52 @@ struct tree_options {
   /// false and `to` exists: std::system_error(EEXIST). true: an existing directory `to` is
   /// exchanged with the new tree in one step (RENAME_EXCHANGE), then removed.
   bool overwrite = false;
+  /// Give everything the source's permission bits (set-id bits only with preserve_owner); false:
+  /// the source's bits minus the umask, as cp without --preserve=mode.
+  bool preserve_mode = true;
   /// Also give files, directories and symbolic links the source's access and modification times.
   bool preserve_times = false;
   /// fsync every file and directory before the tree is renamed into place, and the parent after.
   bool durable = false;
-  /// Called on the ring's thread after the walk (nothing done yet), at most every ~50 ms while
+  /// What to do with symbolic links (cp's -H, -P, -L).
+  tree_links links = tree_links::follow_top;
+  /// false: `to` appears complete or not at all (built beside it under a hidden name, then
+  /// renamed in). true: cp -R's way: `to` may be an existing directory, which the tree is merged
+  /// into; entries appear one by one (each file still by rename, never half-written), what exists
+  /// is handled as `existing` says, and after an error or a stop what was copied stays (nothing
+  /// hidden is left). `overwrite` is not used then.
+  bool merge = false;
+  /// With merge: what to do with a file, link or special file that `to` already has.
+  existing_entry existing = existing_entry::replace;
+  /// Holes stay holes (false: written as zeros); zeros_as_holes as for copy_file.
+  bool sparse = true, zeros_as_holes = false;
+  /// Also give everything the source's owner and group (needs privilege), and keep set-id bits.
+  bool preserve_owner = false;
+  /// Also copy extended attributes of files and directories (ACLs, SELinux labels...).
+  bool preserve_xattrs = false;
+  /// Called on the loop's thread after the walk (nothing done yet), at most every ~50 ms while
   /// files are copied, and once with everything done, before the tree is renamed into place.
   std::function<void(const tree_progress&)> on_progress;
-  /// A stop request ends the copy with std::system_error(ECANCELED); `to` is left as it was.
+  /// With merge: an entry that cannot be copied (a file that cannot be read, a directory where
+  /// `to` has a file...) is reported here (path(): the entry in the source, other_path(): its
+  /// place in `to`), and the copy goes on with the rest (what is below a failed directory is not
+  /// copied; tree_result::failed counts them). Without it, the first such error ends the copy.
+  /// Called on the loop's thread, in batches as the copy goes on.
+  std::function<void(const error&)> on_error;
+  /// Each entry copied (directories, files, links, special files; not those kept), on the loop's
+  /// thread: with merge in batches as the copy goes on, else once the tree is in place (`cp -v`).
+  std::function<void(const tree_entry_report&)> on_copied;
+  /// A stop request ends the copy with std::system_error(ECANCELED); `to` is left as it was
+  /// (with merge: what was copied stays).
   std::stop_token stop;
 };
 
 /// What copy_tree made: regular files (hard links included), directories (the top one included),
 /// symbolic links, FIFOs and device nodes, sockets skipped, and the bytes of the regular files.
+/// With merge also: entries left as they were (`existing`), and entries that failed (on_error).
 struct tree_result {
   std::uint64_t files = 0, directories = 0, symlinks = 0, specials = 0, skipped = 0, bytes = 0;
+  std::uint64_t kept = 0, failed = 0;
 };
 
 }  // namespace pidring

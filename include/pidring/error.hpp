@@ -34,7 +34,7 @@ struct error_access;
 /// - **copies** (copy_file, copy_range, copy_tree): "open source", "open destination
 ///   directory", "create destination", "stat destination", "read source", "write destination",
 ///   "copy_file_range", "reflink", "truncate", "chmod", "chown", "set times", "set xattr",
-///   "fsync", "link", "symlink", "mknod", "mkdir", "readlink", "read directory", "publish",
+///   "read xattr", "fsync", "link", "symlink", "mknod", "mkdir", "readlink", "read directory", "publish",
 ///   "remove", "cancelled" (ECANCELED: a stop was requested), "refused" (the request itself was
 ///   refused before anything was done: same file, destination inside the source, a NUL byte...).
 ///

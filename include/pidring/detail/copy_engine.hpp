@@ -22,6 +22,7 @@
 #include <linux/fs.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -33,6 +34,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace pidring::detail {
@@ -75,6 +77,7 @@ struct data_request {
   std::uint64_t begin = 0, end = 0;  // end: the planned end (the size, clamped to the limit)
   std::uint64_t limit = no_limit;
   bool whole_file = false;           // FICLONE may be used, and the copy ends where the source does
+  bool zeros_as_holes = false;       // read and written, blocks of zeros not written (a fresh file)
   dev_t from_dev = 0, to_dev = 0;
   copy_method method = copy_method::automatic;
   std::uint64_t chunk = 0;           // as asked (0: chosen per method)
@@ -148,24 +151,54 @@ inline int try_reflink(int in, int out, std::uint64_t offset, std::uint64_t leng
   return r == 0 ? 0 : errno;
 }
 
-// One pread + pwrite step at `pos` (at most `want` bytes): the bytes copied, 0 at end of file.
-inline std::uint64_t read_write_step(int in, int out, std::uint64_t pos, std::uint64_t want,
-                                     std::span<std::byte> buf, const error_site& site) {
-  const auto n = static_cast<std::size_t>(std::min<std::uint64_t>(want, buf.size()));
-  ssize_t got;
-  do got = ::pread(in, buf.data(), n, static_cast<off_t>(pos));
-  while (got < 0 && errno == EINTR);
-  if (got < 0) site.fail(errno, "read source");
+// Writes all of `buf` at offset `pos`.
+inline void write_all_at(int out, std::span<const std::byte> buf, std::uint64_t pos, const error_site& site) {
   std::size_t written = 0;
-  while (written < static_cast<std::size_t>(got)) {
-    const ssize_t w = ::pwrite(out, buf.data() + written, static_cast<std::size_t>(got) - written,
-                               static_cast<off_t>(pos + written));
+  while (written < buf.size()) {
+    const ssize_t w = ::pwrite(out, buf.data() + written, buf.size() - written, static_cast<off_t>(pos + written));
     if (w < 0 && errno == EINTR) continue;
     if (w < 0) site.fail(errno, "write destination");
     if (w == 0) site.fail(EIO, "write destination", "it wrote nothing");
     written += static_cast<std::size_t>(w);
   }
-  return static_cast<std::uint64_t>(got);
+}
+
+// One pread + pwrite step at `pos` (at most `want` bytes): the bytes copied, 0 at end of file.
+// With `zero_block` (a block size), blocks of zeros are not written (they stay holes of a fresh
+// file); `written_end` is one past the last byte written.
+inline std::uint64_t read_write_step(int in, int out, std::uint64_t pos, std::uint64_t want, std::span<std::byte> buf,
+                                     const error_site& site, std::uint64_t& written_end, std::uint64_t zero_block = 0) {
+  const auto n = static_cast<std::size_t>(std::min<std::uint64_t>(want, buf.size()));
+  ssize_t r;
+  do r = ::pread(in, buf.data(), n, static_cast<off_t>(pos));
+  while (r < 0 && errno == EINTR);
+  if (r < 0) site.fail(errno, "read source");
+  const auto got = static_cast<std::size_t>(r);
+  if (zero_block == 0) {
+    write_all_at(out, buf.first(got), pos, site);
+    if (got > 0) written_end = std::max(written_end, pos + got);
+    return got;
+  }
+  // Runs of data blocks are written at once; blocks of zeros are skipped.
+  std::size_t run = 0;
+  for (std::size_t at = 0; at < got;) {
+    const std::size_t len = std::min<std::size_t>(static_cast<std::size_t>(zero_block), got - at);
+    const std::span<const std::byte> block = buf.subspan(at, len);
+    const bool zeros = std::all_of(block.begin(), block.end(), [](std::byte b) { return b == std::byte{0}; });
+    if (zeros) {
+      if (at > run) {
+        write_all_at(out, buf.subspan(run, at - run), pos + run, site);
+        written_end = std::max(written_end, pos + at);
+      }
+      run = at + len;
+    }
+    at += len;
+  }
+  if (got > run) {
+    write_all_at(out, buf.subspan(run, got - run), pos + run, site);
+    written_end = std::max(written_end, pos + got);
+  }
+  return got;
 }
 
 inline std::size_t rw_buffer_size(const data_request& r) {
@@ -240,7 +273,7 @@ struct data_copy {
   // explicit reflink that fails, or any error that is not "not here", throws.
   bool clone(copy_pool& pool) {
     const bool asked = req.method == copy_method::reflink;
-    if (!asked && req.method != copy_method::automatic) return false;
+    if (!asked && (req.method != copy_method::automatic || req.zeros_as_holes)) return false;
     if (!(req.begin < req.end || req.whole_file)) return false;  // nothing to clone (a size that lies is read)
     if (!asked && pool.refused(req.from_dev, req.to_dev, copy_pool::no_reflink)) return false;
     const int e = try_reflink(req.in, req.out, req.begin, req.whole_file ? 0 : req.end - req.begin, req.whole_file);
@@ -262,9 +295,13 @@ struct data_copy {
     return false;
   }
 
+  // zeros_as_holes: the block size whose zeros are not written, else 0.
+  std::uint64_t zero_block() const noexcept { return req.zeros_as_holes ? req.block : 0; }
+
   // The method for the bytes when there is no clone: copy_file_range, unless asked otherwise or
-  // this pair of devices refused it before.
+  // this pair of devices refused it before (or zeros are to become holes: read and written).
   copy_method stream_method(const copy_pool& pool) const {
+    if (req.zeros_as_holes) return copy_method::read_write;
     if (req.method == copy_method::copy_file_range || req.method == copy_method::read_write) return req.method;
     return pool.refused(req.from_dev, req.to_dev, copy_pool::no_copy_file_range) ? copy_method::read_write
                                                                                  : copy_method::copy_file_range;
@@ -305,7 +342,7 @@ struct data_copy {
           n = static_cast<std::uint64_t>(c);
         } else {
           if (buf.empty()) buf = ctl.buffer(rw_buffer_size(req));
-          n = read_write_step(req.in, req.out, pos, e.end() - pos, buf, *site);
+          n = read_write_step(req.in, req.out, pos, e.end() - pos, buf, *site, res.written_end, zero_block());
         }
         first = false;
         if (n == 0) {  // end of file (it shrank since we planned, or its size lies)
@@ -314,7 +351,7 @@ struct data_copy {
         }
         pos += n;
         res.bytes += n;
-        res.written_end = std::max(res.written_end, pos);
+        if (res.method != copy_method::read_write) res.written_end = std::max(res.written_end, pos);
         done->fetch_add(n, std::memory_order_relaxed);
       }
     }
@@ -351,12 +388,12 @@ struct data_copy {
         n = static_cast<std::uint64_t>(c);
       } else {
         if (buf.empty()) buf = ctl.buffer(rw_buffer_size(req));
-        n = read_write_step(req.in, req.out, pos, want, buf, *site);
+        n = read_write_step(req.in, req.out, pos, want, buf, *site, tail.written_end, zero_block());
       }
       if (n == 0) break;
       pos += n;
       tail.bytes += n;
-      tail.written_end = pos;
+      if (tail.method != copy_method::read_write) tail.written_end = pos;
       done->fetch_add(n, std::memory_order_relaxed);
     }
     if (outcome.bytes == 0 && tail.bytes > 0) outcome.method = tail.method;  // all of it came from the tail (/proc)
@@ -420,6 +457,72 @@ inline unique_fd open_source(const std::filesystem::path& from, struct stat& st,
   return fd;
 }
 
+// ---- metadata: owner, extended attributes, times --------------------------------------------------
+
+// The extended attributes of an open file (names and values), for copying.
+using xattr_list = std::vector<std::pair<std::string, std::string>>;
+
+// Reads every extended attribute of `fd` (empty where the file system has none).
+inline xattr_list read_xattrs(int fd, const error_site& site) {
+  xattr_list out;
+  std::string names;
+  for (ssize_t size = ::flistxattr(fd, nullptr, 0);;) {
+    if (size < 0) {
+      if (errno == ENOTSUP || errno == ENOSYS) return out;
+      site.say(errno, "read xattr", "list extended attributes");
+    }
+    names.resize(static_cast<std::size_t>(size));
+    const ssize_t got = size == 0 ? 0 : ::flistxattr(fd, names.data(), names.size());
+    if (got >= 0) {
+      names.resize(static_cast<std::size_t>(got));
+      break;
+    }
+    if (errno != ERANGE) site.say(errno, "read xattr", "list extended attributes");
+    size = ::flistxattr(fd, nullptr, 0);
+  }
+  for (std::size_t at = 0; at < names.size();) {
+    const std::string name(names.c_str() + at);
+    at += name.size() + 1;
+    std::string value;
+    for (;;) {
+      const ssize_t size = ::fgetxattr(fd, name.c_str(), nullptr, 0);
+      if (size < 0 && errno == ENODATA) break;  // removed meanwhile
+      if (size < 0) site.say(errno, "read xattr", "read extended attribute " + name);
+      value.resize(static_cast<std::size_t>(size));
+      const ssize_t got = size == 0 ? 0 : ::fgetxattr(fd, name.c_str(), value.data(), value.size());
+      if (got >= 0) {
+        value.resize(static_cast<std::size_t>(got));
+        out.emplace_back(name, std::move(value));
+        break;
+      }
+      if (errno != ERANGE) site.say(errno, "read xattr", "read extended attribute " + name);
+    }
+  }
+  return out;
+}
+
+// Gives `fd` the attributes. A file system that takes none (ENOTSUP), and attributes that only a
+// privileged user may set (EPERM: trusted.*, security.* as a user), are skipped, as cp does.
+inline void write_xattrs(int fd, const xattr_list& attrs, const error_site& site) {
+  for (const auto& [name, value] : attrs) {
+    if (::fsetxattr(fd, name.c_str(), value.data(), value.size(), 0) == 0) continue;
+    if (errno == ENOTSUP) return;
+    if (errno == EPERM || errno == EACCES) continue;
+    site.say(errno, "set xattr", "set extended attribute " + name);
+  }
+}
+
+// Gives an object the source's owner and group where we may (root, CAP_CHOWN); as cp does, the
+// group alone where only that is allowed, and nothing (no error) where neither is. Returns
+// whether both were given: only then may set-id bits be kept.
+template <class Chown>
+bool give_owner(uid_t uid, gid_t gid, Chown chown_it) {
+  if (chown_it(uid, gid) == 0) return true;
+  if (errno != EPERM && errno != EINVAL) return false;
+  chown_it(static_cast<uid_t>(-1), gid);
+  return false;
+}
+
 // What copy_file and copy_range share: who they are, their progress and their data. Everything
 // their pool jobs touch lives here (the front ends in copy.hpp hold it by shared_ptr and hand it
 // to the jobs), never in the awaiting coroutine's frame.
@@ -443,7 +546,8 @@ struct data_copy_job {
 // copy_file: the source opened by name, the copy written beside the destination and published.
 struct file_copy final : data_copy_job {
   std::filesystem::path from, to;
-  bool overwrite = false, preserve_mode = true;
+  bool overwrite = false, preserve_mode = true, zeros_as_holes = false;
+  bool preserve_times = false, preserve_owner = false, preserve_xattrs = false;
   unique_fd in;
   struct stat src {};
   pending_file dest;
@@ -466,16 +570,25 @@ struct file_copy final : data_copy_job {
     data.req = make_request(in.get(), dest.fd.get(), src, dst.st_dev, dst.st_blksize, method, chunk);
     data.req.seek_fd = sparse && may_have_holes(src) ? in.get() : -1;  // ours alone: SEEK_DATA may move it
     data.req.whole_file = true;
-    data.plan_lanes(parallelism);
+    data.req.zeros_as_holes = zeros_as_holes;
+    data.plan_lanes(zeros_as_holes ? 1 : parallelism);
   }
 
-  // The size (holes at the end are never written) and the mode.
+  // The size (holes at the end are never written), the owner, the mode, the extended attributes
+  // and the times: all on the file before it has a name.
   void finish(const work_control&) {
     const data_outcome& o = data.outcome;
-    if (o.end != o.written_end && ::ftruncate(dest.fd.get(), static_cast<off_t>(o.end)) != 0)
+    const int fd = dest.fd.get();
+    if (o.end != o.written_end && ::ftruncate(fd, static_cast<off_t>(o.end)) != 0)
       site.say(errno, "truncate", "truncate destination");
-    const mode_t mode = preserve_mode ? (src.st_mode & 0777) : (0666 & ~current_umask());
-    if (mode != 0600 && ::fchmod(dest.fd.get(), mode) != 0) site.say(errno, "chmod", "chmod destination");
+    const bool owned = preserve_owner && give_owner(src.st_uid, src.st_gid, [fd](uid_t u, gid_t g) { return ::fchown(fd, u, g); });
+    const mode_t mode = !preserve_mode ? (0666 & ~current_umask()) : (src.st_mode & (owned ? 07777 : 0777));
+    if (mode != 0600 && ::fchmod(fd, mode) != 0) site.say(errno, "chmod", "chmod destination");
+    if (preserve_xattrs) write_xattrs(fd, read_xattrs(in.get(), site), site);
+    if (preserve_times) {
+      const timespec times[2] = {src.st_atim, src.st_mtim};
+      if (::futimens(fd, times) != 0) site.say(errno, "set times", "set the times of the destination");
+    }
   }
 
   void put_in_place(const work_control& ctl) {

@@ -183,6 +183,10 @@ task<copy_result> copy_file_impl(io_context& io, std::filesystem::path from, std
   made->sparse = o.sparse;
   made->overwrite = o.overwrite;
   made->preserve_mode = o.preserve_mode;
+  made->zeros_as_holes = o.zeros_as_holes;
+  made->preserve_times = o.preserve_times;
+  made->preserve_owner = o.preserve_owner;
+  made->preserve_xattrs = o.preserve_xattrs;
   const bool report = static_cast<bool>(o.on_progress);
 
   if (!report && !o.durable && made->method != copy_method::uring) {
@@ -337,6 +341,21 @@ task<std::uint64_t> copy_range_impl(io_context& io, int in, int out, std::uint64
   co_return bytes;
 }
 
+// Tells on_error and on_copied what the copy's jobs reported since the last call (loop's thread).
+inline void deliver_reports(tree_copy& t, const tree_options& o) {
+  for (const tree_copy::report& r : t.take_reports()) {
+    if (r.error) {
+      try {
+        std::rethrow_exception(r.error);
+      } catch (const pidring::error& e) {
+        o.on_error(e);
+      }
+    } else if (o.on_copied) {
+      o.on_copied(tree_entry_report{t.source_path(r.entry), t.copy_path(r.entry)});
+    }
+  }
+}
+
 template <class = void>
 task<tree_result> copy_tree_impl(io_context& io, std::filesystem::path from, std::filesystem::path to,
                                  tree_options o) {
@@ -354,41 +373,66 @@ task<tree_result> copy_tree_impl(io_context& io, std::filesystem::path from, std
   made->to = std::move(to);
   made->method = o.method;
   made->overwrite = o.overwrite;
+  made->preserve_mode = o.preserve_mode;
   made->preserve_times = o.preserve_times;
   made->durable = o.durable;
+  made->links = o.links;
+  made->merge = o.merge;
+  made->existing = o.existing;
+  made->sparse = o.sparse;
+  made->zeros_as_holes = o.zeros_as_holes;
+  made->preserve_owner = o.preserve_owner;
+  made->preserve_xattrs = o.preserve_xattrs;
+  made->report_errors = static_cast<bool>(o.on_error);
+  made->report_copied = static_cast<bool>(o.on_copied);
   made->pool = &pool;
   pool_owned<tree_copy> t(pool, std::move(made));
   const bool report = static_cast<bool>(o.on_progress);
+  const bool reports = o.on_error || o.on_copied;
   copy_counters& counters = *t->counters;
   auto progress = [&] {
     const std::uint64_t bytes = counters.bytes.load(std::memory_order_relaxed);  // files may have grown
     return tree_progress{counters.files.load(std::memory_order_relaxed), t->files_total, bytes,
                          std::max(bytes, t->bytes_total)};
   };
+  auto tell = [&] {
+    if (reports) deliver_reports(*t, o);
+  };
   std::exception_ptr failed;
   unique_fd parent;
   try {
-    // The checks, the walk, and the directories, links and special files of the new tree.
+    // The checks, the walk, and the directories, links and special files of the copy.
     auto prepare = [t = t.get()](const work_control& ctl) { t->prepare(ctl); };
     auto prepared = on_pool(pool, call, std::move(prepare), o.stop);
     co_await prepared;
+    tell();
     if (o.stop.stop_requested()) throw_cancelled(call);
     if (report) o.on_progress(progress());
-    // The regular files, largest first, `parallelism` at a time.
-    const unsigned parallelism = o.parallelism != 0 ? o.parallelism : std::clamp(usable_cpus(), 2u, 16u);
-    auto files = std::make_shared<job_group>(std::min(parallelism, copy_pool::max_threads));
-    for (std::size_t i : t->file_order)
-      files->add([t = t.get(), i](const work_control& ctl) { t->copy_file(i, ctl); });
-    auto tick = [&] { o.on_progress(progress()); };
-    auto stop_files = [files] { files->request_stop(); };
-    auto copied = with_ticker(io, group_awaiter(pool, files, o.stop), report && files->size() > 0, tick, stop_files);
-    co_await std::move(copied);
-    if (o.stop.stop_requested()) throw_cancelled(call);
-    files->rethrow_unless_complete(call);
-    // Hard links, then the directories' modes and times, deepest first.
-    auto finish = [t = t.get()](const work_control& ctl) { t->finish(ctl); };
-    auto finished = on_pool(pool, call, std::move(finish), o.stop);
-    co_await finished;
+    if (t->single()) {
+      auto one = [t = t.get()](const work_control& ctl) { t->copy_single(ctl); };
+      auto copied = on_pool(pool, call, std::move(one), o.stop);
+      co_await copied;
+    } else {
+      // The regular files, largest first, `parallelism` at a time.
+      const unsigned parallelism = o.parallelism != 0 ? o.parallelism : std::clamp(usable_cpus(), 2u, 16u);
+      auto files = std::make_shared<job_group>(std::min(parallelism, copy_pool::max_threads));
+      for (std::size_t i : t->file_order)
+        files->add([t = t.get(), i](const work_control& ctl) { t->copy_file(i, ctl); });
+      auto tick = [&] {
+        if (report) o.on_progress(progress());
+        tell();
+      };
+      auto stop_files = [files] { files->request_stop(); };
+      auto copied = with_ticker(io, group_awaiter(pool, files, o.stop), (report || reports) && files->size() > 0, tick, stop_files);
+      co_await std::move(copied);
+      if (o.stop.stop_requested()) throw_cancelled(call);
+      files->rethrow_unless_complete(call);
+      // Hard links, then the directories' modes and times, deepest first.
+      auto finish = [t = t.get()](const work_control& ctl) { t->finish(ctl); };
+      auto finished = on_pool(pool, call, std::move(finish), o.stop);
+      co_await finished;
+    }
+    tell();
     if (report) o.on_progress(progress());
     if (o.stop.stop_requested()) throw_cancelled(call);
     auto place = [t = t.get()](const work_control& ctl) { return t->put_in_place(ctl); };
@@ -398,9 +442,9 @@ task<tree_result> copy_tree_impl(io_context& io, std::filesystem::path from, std
     failed = std::current_exception();
   }
   if (failed) {
-    // What was built is removed before the error reaches the caller; if that fails too, the
-    // error says where the hidden tree is.
-    auto discard = [t = t.take()](const work_control&) -> std::string {
+    // What was built is removed before the error reaches the caller (merging: what was copied
+    // stays); if that fails too, the error says where the hidden tree is.
+    auto discard = [t = t.get()](const work_control&) -> std::string {
       const int e = t->discard();
       if (e == 0) return {};
       return " (and the partial copy " + t->dest.hidden_path() + " could not be removed: " +
@@ -408,10 +452,16 @@ task<tree_result> copy_tree_impl(io_context& io, std::filesystem::path from, std
     };
     auto discarded = on_pool(pool, call, std::move(discard));
     const std::string note = co_await discarded;
+    tell();
+    auto release = release_on_pool(pool, call, t.take());
+    co_await std::move(release);
     if (!note.empty()) rethrow_with_note(failed, note);
     std::rethrow_exception(failed);
   }
-  const tree_result result{t->files.load(), t->directories, t->symlinks, t->specials, t->skipped, t->bytes.load()};
+  const tree_result result{t->files.load(), t->directories, t->symlinks, t->specials, t->skipped,
+                           t->bytes.load(),  t->kept.load(), t->failed.load()};
+  if (o.on_copied && !o.merge)  // the tree is in place now: what it holds was copied
+    for (std::size_t i = 0; i < t->entries.size(); ++i) o.on_copied(tree_entry_report{t->source_path(i), t->copy_path(i)});
   if (o.durable) {
     auto sync = ring_fsync(io, parent.get(), call, "the destination's directory");
     co_await std::move(sync);

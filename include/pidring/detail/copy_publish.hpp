@@ -106,12 +106,21 @@ inline std::string temporary_name(const std::string& name) {
 // Whether `entry` is a hidden name made for `name` by a copier that is provably gone: made on
 // this boot in this pid namespace, by a process that no longer runs (no process with its pid, or
 // one that started at another time).
+// An empty `name` matches a hidden name made for any name.
 inline bool is_stale_hidden_name(std::string_view entry, const std::string& name) {
-  const std::string_view keep = std::string_view(name).substr(0, hidden_name_keep);
-  if (entry.size() <= 1 + keep.size() + hidden_tag.size() || entry[0] != '.' || entry.substr(1, keep.size()) != keep ||
-      entry.substr(1 + keep.size(), hidden_tag.size()) != hidden_tag)
-    return false;
-  const std::string rest(entry.substr(1 + keep.size() + hidden_tag.size()));
+  if (entry.size() < 2 || entry[0] != '.') return false;
+  std::size_t tag;
+  if (name.empty()) {
+    tag = entry.rfind(hidden_tag);
+    if (tag == std::string_view::npos || tag < 2) return false;
+  } else {
+    const std::string_view keep = std::string_view(name).substr(0, hidden_name_keep);
+    tag = 1 + keep.size();
+    if (entry.size() <= tag + hidden_tag.size() || entry.substr(1, keep.size()) != keep ||
+        entry.substr(tag, hidden_tag.size()) != hidden_tag)
+      return false;
+  }
+  const std::string rest(entry.substr(tag + hidden_tag.size()));
   unsigned host = 0, n = 0;
   int pid = 0;
   unsigned long long start = 0;
@@ -236,9 +245,9 @@ inline int remove_tree(int dir, const std::string& name) noexcept {
   return first_error;
 }
 
-// Removes the leftovers of copies to `name` in `dir` whose creator is provably gone (killed
-// before it could clean up): hidden files and trees named for `name`. Best effort: a directory
-// we may not list, or an entry we may not remove, is left as it is.
+// Removes the leftovers of copies to `name` in `dir` (to any name, if empty) whose creator is
+// provably gone (killed before it could clean up): hidden files and trees named for it. Best
+// effort: a directory we may not list, or an entry we may not remove, is left as it is.
 inline void sweep_leftovers(int dir, const std::string& name) noexcept {
   std::vector<std::string> stale;
   const int listing = ::openat(dir, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -307,8 +316,10 @@ struct pending_file {
   }
 };
 
-// Creates the file to write, owner-only, in the directory `p.dir` already open.
-inline void create_pending(pending_file& p, const error_site& site) {
+// Creates the file to write, owner-only, in the directory `p.dir` already open. Where a hidden
+// name is needed, the leftovers of copiers that died there are removed first, unless the caller
+// has done that for the whole directory (`sweep` false).
+inline void create_pending(pending_file& p, const error_site& site, bool sweep = true) {
   if (!copy_hooks().no_tmpfile) {
     p.fd.reset(::openat(p.dir.get(), ".", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600));
     if (p.fd) return;
@@ -316,7 +327,7 @@ inline void create_pending(pending_file& p, const error_site& site) {
       site.say(errno, "create destination", "create temporary in " + quoted_path(p.dir_name));
   }
   // A hidden name: a copier killed before it removed one leaves it, so clear theirs first.
-  sweep_leftovers(p.dir.get(), p.name);
+  if (sweep) sweep_leftovers(p.dir.get(), p.name);
   for (int attempt = 0; attempt < 100; ++attempt) {
     std::string t = temporary_name(p.name);
     p.fd.reset(::openat(p.dir.get(), t.c_str(), O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC | O_NOFOLLOW, 0600));
@@ -379,6 +390,26 @@ inline void publish(pending_file& p, bool overwrite, const error_site& site) {
     ::unlinkat(dir, p.temp_name.c_str(), 0);
   }
   p.temp_name.clear();
+}
+
+// Makes a link, FIFO, device node or hard link named `name` in `dir` with `make(dir, name)` (0 or
+// an errno: symlinkat, mknodat, linkat). `replace`: what is there is replaced in one rename (no
+// moment without the name; a directory there is not replaced: EISDIR); else the name is claimed
+// (EEXIST if taken). 0 or an errno.
+template <class Make>
+int place_node(int dir, const std::string& name, bool replace, Make make) {
+  if (!replace) return make(dir, name.c_str());
+  for (int attempt = 0; attempt < 100; ++attempt) {
+    const std::string t = temporary_name(name);
+    const int e = make(dir, t.c_str());
+    if (e == EEXIST) continue;
+    if (e != 0) return e;
+    if (::renameat(dir, t.c_str(), dir, name.c_str()) == 0) return 0;
+    const int err = errno;
+    ::unlinkat(dir, t.c_str(), 0);
+    return err;
+  }
+  return EEXIST;
 }
 
 // ---- trees ---------------------------------------------------------------------------------------------

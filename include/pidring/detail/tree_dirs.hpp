@@ -88,10 +88,11 @@ class tree_dirs {
   using handle = std::shared_ptr<const unique_fd>;
 
   // `verify`: check that each directory reached is the one the walk recorded (the source); the
-  // destination tree is ours, and is reached without following links only. `openat2`: whether
-  // the kernel has it (cleared here on ENOSYS; shared by the copies of one pool).
-  tree_dirs(const std::vector<tree_entry>& entries, bool verify, std::atomic<bool>& openat2)
-      : entries_(&entries), verify_(verify), openat2_(&openat2), capacity_(dir_cache_capacity()) {}
+  // destination tree is reached without following links only. `openat2`: whether the kernel has
+  // it (cleared here on ENOSYS; shared by the copies of one pool). `follow`: links on the way are
+  // followed (cp -L: the walk followed them; what is reached is still checked when `verify`).
+  tree_dirs(const std::vector<tree_entry>& entries, bool verify, std::atomic<bool>& openat2, bool follow = false)
+      : entries_(&entries), verify_(verify), follow_(follow), openat2_(&openat2), capacity_(dir_cache_capacity()) {}
 
   void set_root(unique_fd root) {
     std::lock_guard lock(mutex_);
@@ -121,7 +122,7 @@ class tree_dirs {
       chain.push_back(j);
     }
     lock.unlock();  // the lookups below are system calls: other threads go on meanwhile
-    handle got = openat2_->load(std::memory_order_relaxed) ? lookup_beneath(base, chain, err, failed) : nullptr;
+    handle got = !follow_ && openat2_->load(std::memory_order_relaxed) ? lookup_beneath(base, chain, err, failed) : nullptr;
     if (!got && err == 0) got = lookup_by_names(base, chain, err, failed);
     if (got) {
       lock.lock();
@@ -138,11 +139,12 @@ class tree_dirs {
   }
 
   // Opens entry `i` (at `path` below the root, tree_path's answer) with `flags` (O_NOFOLLOW is
-  // added: the last name is never followed either): one openat2 from the root where it can, else
-  // openat in its directory. The fd, or -1 with `err` set. The caller checks what it opened.
+  // added unless `follow`: the last name is not followed either): one openat2 from the root where
+  // it can, else openat in its directory. The fd, or -1 with `err` set. The caller checks what it
+  // opened.
   unique_fd open(std::size_t i, const std::string& path, int flags, int& err, mode_t mode = 0) {
-    flags |= O_NOFOLLOW | O_CLOEXEC;
-    if (openat2_->load(std::memory_order_relaxed) && path.size() < PATH_MAX) {
+    flags |= follow_ ? O_CLOEXEC : O_NOFOLLOW | O_CLOEXEC;
+    if (!follow_ && openat2_->load(std::memory_order_relaxed) && path.size() < PATH_MAX) {
       int fd = -EAGAIN;
       for (int attempt = 0; attempt < 8 && fd == -EAGAIN; ++attempt)
         fd = sys_openat2_beneath(root_->get(), path.c_str(), flags, mode);
@@ -245,7 +247,8 @@ class tree_dirs {
   handle lookup_by_names(handle cur, const std::vector<std::size_t>& chain, int& err, std::size_t& failed) {
     for (auto it = chain.rbegin(); it != chain.rend(); ++it) {
       const std::size_t dir = *it;
-      unique_fd next(::openat(cur->get(), (*entries_)[dir].name.c_str(), O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+      const int nofollow = follow_ ? 0 : O_NOFOLLOW;
+      unique_fd next(::openat(cur->get(), (*entries_)[dir].name.c_str(), O_PATH | O_DIRECTORY | nofollow | O_CLOEXEC));
       if (!next || !is_expected(next.get(), dir)) {
         // A link where a directory was gives ENOTDIR (O_NOFOLLOW with O_DIRECTORY); a
         // different directory there now, ENOENT: the one the walk saw is gone from here.
@@ -264,7 +267,7 @@ class tree_dirs {
   }
 
   const std::vector<tree_entry>* entries_;
-  bool verify_;
+  bool verify_, follow_;
   std::atomic<bool>* openat2_;
   std::size_t capacity_;
   std::mutex mutex_;
