@@ -14,6 +14,7 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <mutex>
 #include <string>
 #include <string_view>
 #include <system_error>
@@ -147,8 +148,10 @@ TEST_CASE("copy_tree: when removing a failed copy fails too, the error says so a
   // administrator might), and the copy is stopped: the hidden tree cannot be removed.
   fs::path mounted;
   std::stop_source stop;
+  std::mutex m;  // the hooks run on the pool's threads, several at once
   copy_hooks_guard hooks;
   hooks->at = [&](std::string_view point, std::string_view) {
+    std::lock_guard lock(m);
     if (point != "tree-file" || !mounted.empty()) return;
     for (const auto& e : fs::directory_iterator(dir.path()))
       if (e.path().filename().string().rfind(".dst.pidring-", 0) == 0) mounted = e.path() / "sub";

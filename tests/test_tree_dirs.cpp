@@ -16,6 +16,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <mutex>
 #include <cstring>
 #include <filesystem>
 #include <random>
@@ -146,8 +147,10 @@ TEST_CASE("copy_tree: a directory or file swapped for a link at any step of a co
   // Every step of a clean copy: the hook points and what they are about.
   std::vector<std::pair<std::string, std::string>> steps;
   {
+    std::mutex m;  // the hooks run on the pool's threads, several at once
     copy_hooks_guard hooks;
     hooks->at = [&](std::string_view point, std::string_view what) {
+      std::lock_guard lock(m);
       if (point != "data") steps.emplace_back(point, what);
     };
     pidring::io_context io;
@@ -157,7 +160,10 @@ TEST_CASE("copy_tree: a directory or file swapped for a link at any step of a co
   REQUIRE(steps.size() > static_cast<std::size_t>(dirs * files_per_dir));
   for (bool openat2 : {true, false}) {
     int n = 0;
-    for (const auto& [point, what] : steps) {
+    for (const auto& step : steps) {
+      // Named, not structured bindings: clang 14 cannot capture those in the hook below.
+      const std::string& point = step.first;
+      const std::string& what = step.second;
       // What to swap at this step: the directory or file the step is about, or its directory;
       // at the steps about no object, a directory the files are still to be read from.
       std::vector<std::string> victims;
@@ -169,9 +175,9 @@ TEST_CASE("copy_tree: a directory or file swapped for a link at any step of a co
         CAPTURE(openat2, point, what, victim);
         const fs::path to = dir / ("copy-" + std::to_string(n++));
         copy_hooks_guard hooks;
-        bool swapped = false;
+        std::atomic<bool> swapped{false}, tried{false};
         hooks->at = [&](std::string_view p, std::string_view w) {
-          if (!swapped && p == point && w == what) swapped = exchange_with_link(src, victim);
+          if (p == point && w == what && !tried.exchange(true)) swapped = exchange_with_link(src, victim);
         };
         pidring::io_context io;
         pidring::detail::copy_pool::of(io, "test").openat2 = openat2;
