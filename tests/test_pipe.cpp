@@ -14,6 +14,8 @@
 #include "test_util.hpp"
 #include "wait_paths.hpp"
 
+#include <fcntl.h>
+
 #include <chrono>
 #include <csignal>
 #include <string>
@@ -276,6 +278,36 @@ TEST_CASE("a child spawned while another child's pipes are open does not inherit
     co_return r.out;
   };
   CHECK(io.run(t()) == "0\n1\n2\n");
+}
+
+TEST_CASE("a pidring pipe end handed to another child with stdio::fd() is blocking there, and stays as it was here",
+          "[pipe]") {
+  // The shell's `a | b` by hand. On the epoll backend the parent's end is O_NONBLOCK; the flag
+  // belongs to the open file, so `cat` given that fd as it is would read EAGAIN while `a` sleeps.
+  pidring::io_context io(test_util::wait_paths());
+  auto t = [&]() -> pidring::task<std::string> {
+    pidring::spawn_options a_opts;
+    a_opts.out = pidring::stdio::pipe();
+    pidring::command a_cmd{"sh", "-c", "sleep 0.2; echo hi"};
+    auto a = pidring::spawn(io, a_cmd, a_opts);
+    const int before = ::fcntl(a.out().fd(), F_GETFL);
+    pidring::spawn_options b_opts;
+    b_opts.in = pidring::stdio::fd(a.out().fd());
+    b_opts.out = pidring::stdio::pipe();
+    b_opts.err = pidring::stdio::to_stdout();
+    pidring::command b_cmd{"cat"};
+    auto b = pidring::spawn(io, b_cmd, b_opts);
+    const int after = ::fcntl(a.out().fd(), F_GETFL);
+    CHECK(after == before);
+    a.out().close();
+    std::string out = co_await b.out().read_all();
+    const auto a_status = co_await a.wait();
+    const auto b_status = co_await b.wait();
+    CHECK(a_status.success());
+    CHECK(b_status.success());
+    co_return out;
+  };
+  CHECK(io.run(t()) == "hi\n");
 }
 
 TEST_CASE("pipe accessors without stdio::pipe() are a logic error", "[pipe]") {

@@ -11,6 +11,7 @@
 #include <stdio_ext.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -62,7 +63,10 @@ class stdio {
   static stdio null() noexcept { return stdio(kind::null, -1); }
   /// A new pipe; the child object owns the parent's end (child::in()/out()/err()).
   static stdio pipe() noexcept { return stdio(kind::pipe, -1); }
-  /// A copy (dup2) of the parent's fd `n`; the caller keeps ownership of `n`.
+  /// A copy (dup2) of the parent's fd `n`; the caller keeps ownership of `n`. A pipe or FIFO
+  /// marked O_NONBLOCK (a pidring pipe end on the epoll backend) reaches the child as its own,
+  /// blocking open file on the same pipe (reopened through /proc/self/fd), as a shell's `a | b`
+  /// would give it; `n`'s flags stay as they were.
   static stdio fd(int n) noexcept { return stdio(kind::fd, n); }
   /// For err only: the same as the child's stdout (2>&1).
   static stdio to_stdout() noexcept { return stdio(kind::to_stdout, -1); }
@@ -178,6 +182,26 @@ struct launch_fds {
                               std::to_string(o.parent_death_signal) + " is not a signal");
   }
 
+  // A pipe or FIFO marked O_NONBLOCK (every pidring pipe end on the epoll backend) would pass
+  // the flag on: it lives on the open file, which the child shares, and `cat` reading such a
+  // stdin fails with EAGAIN. Opening the pipe again through /proc gives the child an open file of
+  // its own on the same pipe, blocking, and leaves the caller's flag alone. (Opened non-blocking,
+  // then cleared: a FIFO open otherwise waits for the other end. No /proc, or a write end whose
+  // readers are gone: the fd is passed as it is.)
+  static unique_fd blocking_reopen(int fd) {
+    const int flags = ::fcntl(fd, F_GETFL);
+    struct stat st {};
+    if (flags < 0 || (flags & O_NONBLOCK) == 0 || ::fstat(fd, &st) != 0 || !S_ISFIFO(st.st_mode))
+      return {};
+    const std::string self = "/proc/self/fd/" + std::to_string(fd);
+    unique_fd again(::open(self.c_str(), (flags & O_ACCMODE) | O_NONBLOCK | O_CLOEXEC));
+    struct stat st2 {};
+    if (!again || ::fstat(again.get(), &st2) != 0 || st2.st_ino != st.st_ino || st2.st_dev != st.st_dev ||
+        ::fcntl(again.get(), F_SETFL, flags & ~O_NONBLOCK) != 0)
+      return {};
+    return again;
+  }
+
   void setup(const stdio* s, launch_plan& plan, const std::string& who) {
     for (int t = 0; t < 3; ++t) {
       switch (s[t].what()) {
@@ -197,7 +221,10 @@ struct launch_fds {
           plan.stdio_src[t] = child_end[t].get();
           break;
         }
-        case stdio::kind::fd: plan.stdio_src[t] = s[t].number(); break;
+        case stdio::kind::fd:
+          child_end[t] = blocking_reopen(s[t].number());
+          plan.stdio_src[t] = child_end[t] ? child_end[t].get() : s[t].number();
+          break;
         case stdio::kind::to_stdout: plan.err_to_out = true; break;
       }
     }
