@@ -2,6 +2,7 @@
 /// @file
 /// child: a running (or ended) child process, awaitable through its pidfd; wait_any.
 
+#include <pidring/detail/error.hpp>
 #include <pidring/detail/test_hooks.hpp>
 #include <pidring/exit_status.hpp>
 #include <pidring/io_context.hpp>
@@ -85,15 +86,16 @@ struct process_state {
       // the pidfd still knows how it ended.
       int wait_status = 0;
       if (!sys_pidfd_reaped_status(pidfd.get(), wait_status))
-        throw_errno(ECHILD, "wait for " + describe() +
-                                ": the child was reaped elsewhere (a waitpid(-1) in this process,"
-                                " or SIGCHLD set to SIG_IGN) and this kernel (< 6.15) cannot tell"
-                                " its status");
+        throw_error(ECHILD, "wait",
+                    "wait for " + describe() +
+                        ": the child was reaped elsewhere (a waitpid(-1) in this process,"
+                        " or SIGCHLD set to SIG_IGN) and this kernel (< 6.15) cannot tell"
+                        " its status");
       status = exit_status::from_wait_status(wait_status);
       release_pidfd_if_idle();
       return status;
     }
-    if (r < 0) throw_errno(-r, "wait for " + describe() + ": waitid(P_PIDFD)");
+    if (r < 0) throw_error(-r, "wait", "wait for " + describe() + ": waitid(P_PIDFD)");
     if (info.si_pid != 0) {
       status = exit_status::from_siginfo(info);
       release_pidfd_if_idle();
@@ -111,7 +113,7 @@ struct process_state {
     if (status || !pidfd) return 0;
     int r = sys_pidfd_send_signal(pidfd.get(), sig);
     if (r == -ESRCH) return 0;  // exited, not yet reaped: nothing to signal
-    if (r < 0) throw_errno(-r, "signal " + exit_status::signal_name(sig) + " to " + describe());
+    if (r < 0) throw_error(-r, "signal", "signal " + exit_status::signal_name(sig) + " to " + describe());
     return 0;
   }
 };
@@ -151,7 +153,7 @@ task<std::optional<exit_status>> wait_until(std::shared_ptr<process_state> s, st
     }
     if (res == -ECANCELED) co_return s->status;  // stopped or timed out (unless reaped meanwhile)
     if (res < 0 && res != -ECHILD && res != -EINTR)
-      throw_errno(-res, "wait for " + s->describe() + ": " + loop.child_wait_name());
+      throw_error(-res, "wait", "wait for " + s->describe() + ": " + loop.child_wait_name());
     if (s->reap_now()) co_return s->status;
   }
 }

@@ -145,53 +145,51 @@ struct launch_fds {
 
   // Checks every fd number the caller gave before creating anything: a closed number that
   // pipe2() or open() below reused would otherwise pass, and the child would get the wrong file.
-  static void validate(const stdio* s, const spawn_options& o, const std::string& who) {
+  static void validate(const stdio* s, const spawn_options& o, const spawn_subject& who) {
     for (int t = 0; t < 3; ++t) {
       if (s[t].what() == stdio::kind::fd && ::fcntl(s[t].number(), F_GETFD) < 0)
-        throw_errno(EBADF, "spawn " + who + ": stdio::fd(" + std::to_string(s[t].number()) +
-                               ") for " + stdio_name(t) + " is not an open fd");
+        who.fail(EBADF, "spawn", "stdio::fd(" + std::to_string(s[t].number()) + ") for " +
+                                     stdio_name(t) + " is not an open fd");
       if (s[t].what() == stdio::kind::to_stdout && t != 2)
-        throw_errno(EINVAL, "spawn " + who + ": stdio::to_stdout() is only for err");
+        who.fail(EINVAL, "spawn", "stdio::to_stdout() is only for err");
     }
     for (int fd : o.pass_fds) {
       if (fd < 0 || ::fcntl(fd, F_GETFD) < 0)
-        throw_errno(EBADF, "spawn " + who + ": pass_fds entry " + std::to_string(fd) +
-                               " is not an open fd");
+        who.fail(EBADF, "spawn", "pass_fds entry " + std::to_string(fd) + " is not an open fd");
       // fds 0-2 are kept where they are; one that stdio replaces cannot also be passed.
       if (fd < 3 && s[fd].what() != stdio::kind::inherit)
-        throw_errno(EINVAL, "spawn " + who + ": pass_fds entry " + std::to_string(fd) +
-                                " is the child's " + stdio_name(fd) +
-                                ", which the spawn_options also redirect; keep stdio::inherit() "
-                                "for it or pass the fd under another number");
+        who.fail(EINVAL, "spawn",
+                 "pass_fds entry " + std::to_string(fd) + " is the child's " + stdio_name(fd) +
+                     ", which the spawn_options also redirect; keep stdio::inherit() "
+                     "for it or pass the fd under another number");
     }
     for (int sig : o.default_signals)
       if (sig < 1 || sig > 64 || sig == SIGKILL || sig == SIGSTOP)
-        throw_errno(EINVAL, "spawn " + who + ": default_signals entry " + std::to_string(sig) +
-                                " is not a signal whose disposition can be set");
+        who.fail(EINVAL, "spawn", "default_signals entry " + std::to_string(sig) +
+                                      " is not a signal whose disposition can be set");
     if (o.blocked_signals)
       for (int sig : *o.blocked_signals)
         if (sig < 1 || sig > 64)
-          throw_errno(EINVAL, "spawn " + who + ": blocked_signals entry " + std::to_string(sig) +
-                                  " is not a signal");
+          who.fail(EINVAL, "spawn", "blocked_signals entry " + std::to_string(sig) + " is not a signal");
     if (o.parent_death_signal < 0 || o.parent_death_signal > 64)
-      throw_errno(EINVAL, "spawn " + who + ": parent_death_signal " +
-                              std::to_string(o.parent_death_signal) + " is not a signal");
+      who.fail(EINVAL, "spawn", "parent_death_signal " + std::to_string(o.parent_death_signal) +
+                                    " is not a signal");
   }
 
-  void setup(const stdio* s, launch_plan& plan, const std::string& who) {
+  void setup(const stdio* s, launch_plan& plan, const spawn_subject& who) {
     for (int t = 0; t < 3; ++t) {
       switch (s[t].what()) {
         case stdio::kind::inherit: break;
         case stdio::kind::null:
           if (!null) {
             null.reset(::open("/dev/null", O_RDWR | O_CLOEXEC | O_NOCTTY));
-            if (!null) throw_errno(errno, "spawn " + who + ": open '/dev/null'");
+            if (!null) who.fail(errno, "open", "open '/dev/null'");
           }
           plan.stdio_src[t] = null.get();
           break;
         case stdio::kind::pipe: {
           int p[2];
-          if (::pipe2(p, O_CLOEXEC) != 0) throw_errno(errno, "spawn " + who + ": pipe2");
+          if (::pipe2(p, O_CLOEXEC) != 0) who.fail(errno, "pipe", "pipe2");
           child_end[t].reset(t == 0 ? p[0] : p[1]);
           parent_end[t].reset(t == 0 ? p[1] : p[0]);
           plan.stdio_src[t] = child_end[t].get();
@@ -208,7 +206,7 @@ struct launch_fds {
 // child's signal mask is the calling thread's, less the SIGPIPE block that run() adds on the
 // ring's thread (pidring undoes only what it changed itself).
 inline void prepare_launch(launch_plan& plan, const spawn_options& o, launch_fds& fds,
-                           const std::string& who) {
+                           const spawn_subject& who) {
   const stdio targets[3] = {o.in, o.out, o.err};
   launch_fds::validate(targets, o, who);
   fds.setup(targets, plan, who);
@@ -244,15 +242,12 @@ struct exec_image {
   std::string cwd;
   std::string path_searched;  // for the "not found" message
 
-  exec_image(const command& cmd, const spawn_options& o, launch_plan& plan) {
+  exec_image(const command& cmd, const spawn_options& o, launch_plan& plan, const spawn_subject& who) {
     const auto& args = cmd.argv();
-    if (args.empty()) throw_errno(EINVAL, "spawn: empty command (no program name)");
-    const std::string who = quoted(printable(args[0]));
-    if (args[0].empty()) throw_errno(ENOENT, "spawn '': empty program name");
+    if (args[0].empty()) who.fail(ENOENT, "exec", "empty program name");
     for (std::size_t i = 0; i < args.size(); ++i) {
       if (args[i].find('\0') != std::string::npos)
-        throw_errno(EINVAL, "spawn " + who + ": argument " + std::to_string(i) +
-                                " contains a NUL byte");
+        who.fail(EINVAL, "spawn", "argument " + std::to_string(i) + " contains a NUL byte");
       argv.push_back(const_cast<char*>(args[i].c_str()));
     }
     argv.push_back(nullptr);
@@ -261,8 +256,7 @@ struct exec_image {
       for (std::size_t i = 0; i < o.env->size(); ++i) {
         const std::string& e = (*o.env)[i];
         if (e.find('\0') != std::string::npos)
-          throw_errno(EINVAL, "spawn " + who + ": environment entry " + std::to_string(i) +
-                                  " contains a NUL byte");
+          who.fail(EINVAL, "spawn", "environment entry " + std::to_string(i) + " contains a NUL byte");
         if (e.rfind("PATH=", 0) == 0) path_env = e.c_str() + 5;
         envp.push_back(const_cast<char*>(e.c_str()));
       }
@@ -274,8 +268,7 @@ struct exec_image {
     }
     if (o.cwd) {
       cwd = o.cwd->string();
-      if (cwd.find('\0') != std::string::npos)
-        throw_errno(EINVAL, "spawn " + who + ": cwd contains a NUL byte");
+      if (cwd.find('\0') != std::string::npos) who.fail(EINVAL, "spawn", "cwd contains a NUL byte");
       plan.cwd = cwd.c_str();
     }
     // The PATH of the child's environment decides, as for execvpe.
@@ -300,43 +293,50 @@ struct exec_image {
     plan.argv = argv.data();
   }
 
-  // `op` names the call and program: "spawn 'ls'".
-  [[noreturn]] void throw_failure(const launch_plan& plan, const std::string& op) const {
-    std::string what = op + ": ";
+  [[noreturn]] void throw_failure(const launch_plan& plan, const spawn_subject& who) const {
+    std::string what;
     if (plan.failed_step == launch_step::exec) {
       if (plan.failed_candidate >= 0)
-        what += "execve " + quoted(candidate_paths[static_cast<std::size_t>(plan.failed_candidate)]);
+        what = "execve " + quoted(candidate_paths[static_cast<std::size_t>(plan.failed_candidate)]);
       else
-        what += "not found in PATH (" + path_searched + ")";
+        what = "not found in PATH (" + path_searched + ")";
     } else {
-      what += step_name(plan.failed_step);
+      what = step_name(plan.failed_step);
       if (plan.failed_step == launch_step::chdir) what += " to " + quoted(cwd);
     }
-    throw_errno(plan.error, what);
+    who.fail(plan.error, step_operation(plan.failed_step), what);
   }
 };
+
+// "spawn 'ls'" for argv[0] "ls"; an empty command is refused here, before anything else.
+inline spawn_subject program_subject(const char* call, const command& cmd) {
+  if (cmd.argv().empty())
+    throw_error(EINVAL, "spawn", std::string(call) + ": empty command (no program name)");
+  return {std::string(call) + " " + quoted(printable(cmd.argv()[0])), cmd.argv()[0]};
+}
 
 // Everything starting a program needs, prepared in the parent.
 struct program_launch {
   launch_plan plan;  // first: the image below fills it in
+  spawn_subject who;
+  std::string name;  // "'ls'": the child's name in later messages
   exec_image image;
-  std::string who;   // "'ls'", for messages
   launch_fds fds;
 
-  program_launch(const command& cmd, const spawn_options& o)
-      : image(cmd, o, plan), who(quoted(printable(cmd.argv()[0]))) {
+  program_launch(const command& cmd, const spawn_options& o, const char* call = "spawn")
+      : who(program_subject(call, cmd)), name(quoted(printable(cmd.argv()[0]))), image(cmd, o, plan, who) {
     prepare_launch(plan, o, fds, who);
     plan.reset_handlers = true;  // exec semantics: handlers reset, ignored signals kept
   }
 
   // After the child has run: throws if it did not exec.
-  void check(const launched& l, const std::string& op) const {
+  void check(const launched& l) const {
     if (plan.error == 0) return;
     if (plan.error == launch_not_started)
-      throw_errno(ESRCH, op + ": the child died before exec (" +
-                             exit_status::from_wait_status(reap_exited(l.pidfd)).to_string() + ")");
+      who.fail(ESRCH, "exec", "the child died before exec (" +
+                                  exit_status::from_wait_status(reap_exited(l.pidfd)).to_string() + ")");
     reap_exited(l.pidfd);
-    image.throw_failure(plan, op);
+    image.throw_failure(plan, who);
   }
 };
 
@@ -394,15 +394,14 @@ template <class F>
   ::_exit(code);
 }
 
-inline void refuse_threaded_fork(const spawn_options& o, const std::string& who) {
+inline void refuse_threaded_fork(const spawn_options& o, const spawn_subject& who) {
   if (!o.allow_threaded_fork && other_threads_running())
-    throw_errno(EDEADLK,
-                "spawn " + who +
-                    ": refusing to fork a callable in a multi-threaded process: the child would "
-                    "start with copies of locks other threads hold (your own, or a library's) "
-                    "and can deadlock; spawn a program instead, fork before starting threads, "
-                    "or set spawn_options::allow_threaded_fork if the callable takes no lock "
-                    "another thread may hold");
+    who.fail(EDEADLK, "spawn",
+             "refusing to fork a callable in a multi-threaded process: the child would "
+             "start with copies of locks other threads hold (your own, or a library's) "
+             "and can deadlock; spawn a program instead, fork before starting threads, "
+             "or set spawn_options::allow_threaded_fork if the callable takes no lock "
+             "another thread may hold");
 }
 
 // Everything forking a callable needs, prepared in the parent: a bad cwd is an error of spawn()
@@ -411,19 +410,19 @@ struct callable_launch {
   launch_plan plan;
   launch_fds fds;
   unique_fd cwd_fd;
-  std::string who;
+  std::string name;  // "'callable'", or the quoted spawn_options::name
+  spawn_subject who;
 
-  callable_launch(const spawn_options& o, const char* op)
-      : who(quoted(o.name.empty() ? std::string("callable") : printable(o.name))) {
-    if (o.name.find('\0') != std::string::npos)
-      throw_errno(EINVAL, std::string(op) + " " + who + ": name contains a NUL byte");
+  callable_launch(const spawn_options& o, const char* call)
+      : name(quoted(o.name.empty() ? std::string("callable") : printable(o.name))),
+        who{std::string(call) + " " + name, {}} {
+    if (o.name.find('\0') != std::string::npos) who.fail(EINVAL, "spawn", "name contains a NUL byte");
     refuse_threaded_fork(o, who);
     if (o.cwd) {
       if (o.cwd->native().find('\0') != std::string::npos)
-        throw_errno(EINVAL, std::string(op) + " " + who + ": cwd contains a NUL byte");
+        who.fail(EINVAL, "spawn", "cwd contains a NUL byte");
       cwd_fd.reset(::open(o.cwd->c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
-      if (!cwd_fd)
-        throw_errno(errno, std::string(op) + " " + who + ": chdir to " + quoted(o.cwd->string()));
+      if (!cwd_fd) who.fail(errno, "chdir", "chdir to " + quoted(o.cwd->string()));
       plan.cwd_fd = cwd_fd.get();
     }
     prepare_launch(plan, o, fds, who);
@@ -442,9 +441,9 @@ template <class F>
 child spawn_callable(io_context& io, const spawn_options& o, F& f) {
   orphans().sweep();
   callable_launch c(o, "spawn");
-  launched l = fork_with_pidfd("spawn " + c.who);
+  launched l = fork_with_pidfd(c.who);
   if (l.pid == 0) c.run_child(o, f);
-  return make_child(io, l, c.who, o, c.fds);
+  return make_child(io, l, c.name, o, c.fds);
 }
 
 }  // namespace detail
@@ -462,11 +461,11 @@ child spawn(io_context& io, const command& cmd, const spawn_options& o = {}) {
   detail::orphans().sweep();
   detail::program_launch p(cmd, o);
   detail::launched l = detail::launch_exec(p.plan);
-  if (l.error) detail::throw_errno(l.error, "spawn " + p.who + ": " + detail::clone_call(l.error));
+  if (l.error) p.who.fail(l.error, "clone", detail::clone_call(l.error));
   detail::unique_fd owned(l.pidfd);
-  p.check(l, "spawn " + p.who);
+  p.check(l);
   owned.release();
-  return detail::make_child(io, l, p.who, o, p.fds);
+  return detail::make_child(io, l, p.name, o, p.fds);
 }
 
 /// Runs f(args...) in a forked child (multiprocessing.Process(target=f, args=...)). Its int
@@ -499,7 +498,7 @@ inline spawn_options daemon_options(spawn_options o) {
     if (s->what() == stdio::kind::inherit) *s = stdio::null();
   if (o.in.what() == stdio::kind::pipe || o.out.what() == stdio::kind::pipe ||
       o.err.what() == stdio::kind::pipe)
-    throw_errno(EINVAL, "spawn_daemon: stdio::pipe() needs a child object; use stdio::fd()");
+    throw_error(EINVAL, "spawn", "spawn_daemon: stdio::pipe() needs a child object; use stdio::fd()");
   // The intermediate child calls setsid(); the grandchild must not lead the session (so it can
   // never acquire a controlling terminal), and its parent exits at once, so no death signal.
   o.new_session = false;
@@ -524,28 +523,28 @@ struct daemon_report {
 /// safe in a multi-threaded process.
 inline pid_t spawn_daemon(const command& cmd, const spawn_options& options = {}) {
   spawn_options o = detail::daemon_options(options);
-  detail::program_launch p(cmd, o);
-  const std::string op = "spawn_daemon " + p.who;
+  detail::program_launch p(cmd, o, "spawn_daemon");
   detail::child_stacks stacks(2);
   detail::daemon_launch d;
   d.grandchild = &p.plan;
   d.grandchild_stack = stacks.top(1);
   p.plan.error = detail::launch_not_started;
   detail::launched mid = detail::clone_vfork(&detail::daemon_intermediate_entry, &d, stacks.top(0));
-  if (mid.error) detail::throw_errno(mid.error, op + ": " + detail::clone_call(mid.error));
+  if (mid.error) p.who.fail(mid.error, "clone", detail::clone_call(mid.error));
   detail::reap_exited(mid.pidfd);
   ::close(mid.pidfd);
-  if (!d.finished) detail::throw_errno(ESRCH, op + ": the intermediate child died");
-  if (d.error)
-    detail::throw_errno(d.error, op + (d.failed_step == detail::launch_step::setsid ? ": setsid" : ": clone"));
+  if (!d.finished) p.who.fail(ESRCH, "clone", "the intermediate child died");
+  if (d.error) {
+    const bool setsid = d.failed_step == detail::launch_step::setsid;
+    p.who.fail(d.error, setsid ? "setsid" : "clone", setsid ? "setsid" : "clone");
+  }
   if (p.plan.error != 0) {
     // The grandchild has exited. If we are a subreaper it is our zombie now: reap it (it was
     // re-parented before the intermediate's exit became visible to our wait above).
     siginfo_t info;
     ::waitid(P_PID, static_cast<id_t>(d.pid), &info, WEXITED | WNOHANG | __WALL);
-    if (p.plan.error == detail::launch_not_started)
-      detail::throw_errno(ESRCH, op + ": the daemon died before exec");
-    p.image.throw_failure(p.plan, op);
+    if (p.plan.error == detail::launch_not_started) p.who.fail(ESRCH, "exec", "the daemon died before exec");
+    p.image.throw_failure(p.plan, p.who);
   }
   return d.pid;
 }
@@ -558,15 +557,13 @@ template <class F, class... Args>
 pid_t spawn_daemon(const spawn_options& options, F&& f, Args&&... args) {
   spawn_options o = detail::daemon_options(options);
   detail::callable_launch c(o, "spawn_daemon");
-  const std::string op = "spawn_daemon " + c.who;
   auto call = [fn = std::forward<F>(f), ... a = std::forward<Args>(args)]() mutable {
     return std::invoke(fn, a...);
   };
   int sv[2];
-  if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
-    detail::throw_errno(errno, op + ": socketpair");
+  if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) c.who.fail(errno, "pipe", "socketpair");
   detail::unique_fd report_rd(sv[0]), report_wr(sv[1]);
-  detail::launched mid = detail::fork_with_pidfd(op);
+  detail::launched mid = detail::fork_with_pidfd(c.who);
   if (mid.pid == 0) {
     report_rd.reset();
     detail::daemon_report r;
@@ -594,10 +591,11 @@ pid_t spawn_daemon(const spawn_options& options, F&& f, Args&&... args) {
   do n = ::read(report_rd.get(), &r, sizeof r);
   while (n < 0 && errno == EINTR);
   detail::reap_exited(mid_fd.get());
-  if (n != static_cast<ssize_t>(sizeof r))
-    detail::throw_errno(ESRCH, op + ": the intermediate child died before reporting");
-  if (r.error)
-    detail::throw_errno(r.error, op + (r.step == detail::launch_step::setsid ? ": setsid" : ": fork"));
+  if (n != static_cast<ssize_t>(sizeof r)) c.who.fail(ESRCH, "fork", "the intermediate child died before reporting");
+  if (r.error) {
+    const bool setsid = r.step == detail::launch_step::setsid;
+    c.who.fail(r.error, setsid ? "setsid" : "fork", setsid ? "setsid" : "fork");
+  }
   return r.pid;
 }
 

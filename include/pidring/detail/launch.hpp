@@ -31,6 +31,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <string_view>
 #include <vector>
 
 extern char** environ;
@@ -47,6 +48,31 @@ namespace pidring::detail {
 
 // The steps of a child's set-up, for the parent's error message.
 enum class launch_step : int { none, signals, stdio, close_fds, chdir, setsid, pdeathsig, exec };
+
+// The pidring::error operation of a failed step (the list in error.hpp).
+inline const char* step_operation(launch_step s) noexcept {
+  switch (s) {
+    case launch_step::signals: return "sigaction";
+    case launch_step::stdio: return "dup2";
+    case launch_step::close_fds: return "close_range";
+    case launch_step::chdir: return "chdir";
+    case launch_step::setsid: return "setsid";
+    case launch_step::pdeathsig: return "prctl";
+    case launch_step::exec: return "exec";
+    default: return "spawn";
+  }
+}
+
+// What a spawn's errors name: the call and the program in the message ("spawn 'ls': ..."), and
+// argv[0] as given in pidring::error::path() (empty for a callable).
+struct spawn_subject {
+  std::string call;     // "spawn 'ls'", "spawn_daemon 'callable'"
+  std::string program;  // argv[0] as given
+
+  [[noreturn]] void fail(int err, std::string_view operation, const std::string& what) const {
+    throw_error(err, operation, call + ": " + what, program);
+  }
+};
 
 inline const char* step_name(launch_step s) noexcept {
   switch (s) {
@@ -291,7 +317,7 @@ class child_stacks {
   explicit child_stacks(unsigned count) : count_(count) {
     void* p = ::mmap(nullptr, bytes(), PROT_READ | PROT_WRITE,
                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK | MAP_NORESERVE, -1, 0);
-    if (p == MAP_FAILED) throw_errno(errno, "spawn: mmap of the child's stack");
+    if (p == MAP_FAILED) throw_error(errno, "clone", "spawn: mmap of the child's stack");
     base_ = static_cast<char*>(p);
     for (unsigned i = 0; i < count_; ++i)
       ::mprotect(base_ + i * (stack_size + guard), guard, PROT_NONE);  // a guard below each
@@ -431,16 +457,15 @@ PIDRING_NO_SANITIZE inline int daemon_intermediate_entry(void* arg) noexcept {
 // fork() through glibc, so the child is an ordinary fork() child, and a pidfd for it. Returns pid
 // 0 in the child (once the parent holds the pidfd). In the parent, throws if the child could not
 // be tracked: then no child is left behind.
-inline launched fork_with_pidfd(const std::string& who) {
+inline launched fork_with_pidfd(const spawn_subject& who) {
   int sv[2];
-  if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
-    throw_errno(errno, who + ": socketpair");
+  if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) who.fail(errno, "pipe", "socketpair");
   const pid_t pid = ::fork();
   if (pid < 0) {
     const int err = errno;
     ::close(sv[0]);
     ::close(sv[1]);
-    throw_errno(err, who + ": fork");
+    who.fail(err, "fork", "fork");
   }
   if (pid == 0) {
     // Wait at the gate: until the parent holds our pidfd, we must not exit (our pid would be
@@ -465,7 +490,7 @@ inline launched fork_with_pidfd(const std::string& who) {
       while (::waitid(P_PID, static_cast<id_t>(pid), &info, WEXITED | __WALL) < 0 && errno == EINTR) {
       }
     }
-    throw_errno(-pidfd, who + ": pidfd_open");
+    who.fail(-pidfd, "fork", "pidfd_open");
   }
   unique_fd fd(pidfd);
   // The child cannot exit by itself before the gate opens; only a signal can end it. Then it may
@@ -474,11 +499,11 @@ inline launched fork_with_pidfd(const std::string& who) {
   siginfo_t info;
   const int r = sys_waitid_pidfd(pidfd, info, WEXITED | WNOHANG | WNOWAIT);
   if (r == -ECHILD)
-    throw_errno(ESRCH, who + ": the child was killed and reaped elsewhere before it started");
+    who.fail(ESRCH, "fork", "the child was killed and reaped elsewhere before it started");
   if (r == 0 && info.si_pid != 0) {
     const int status = reap_exited(pidfd);
-    throw_errno(ESRCH, who + ": the child ended before it could start (" +
-                           exit_status::from_wait_status(status).to_string() + ")");
+    who.fail(ESRCH, "fork", "the child ended before it could start (" +
+                               exit_status::from_wait_status(status).to_string() + ")");
   }
   const char go = 1;
   // MSG_NOSIGNAL: a child killed this very moment must not raise SIGPIPE here; its handle then
