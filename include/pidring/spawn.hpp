@@ -112,6 +112,11 @@ struct spawn_options {
   std::optional<std::vector<int>> blocked_signals{};
   /// setsid(): the child leads a new session and process group.
   bool new_session = false;
+  /// Programs start with SIGPIPE at SIG_DFL even where this process ignores it (as Python's
+  /// subprocess and Rust's Command start them): `yes | head` and a shell's own pipelines need the
+  /// signal to end. Every other ignored signal stays ignored (nohup), and callables keep every
+  /// disposition, as after fork(). true: the program inherits an ignored SIGPIPE.
+  bool keep_sigpipe_ignored = false;
   /// ~child() of a running child sends SIGKILL.
   bool kill_on_drop = false;
   /// Callables: allow fork() in a multi-threaded process (see spawn()).
@@ -326,7 +331,8 @@ struct program_launch {
   program_launch(const command& cmd, const spawn_options& o, const char* call = "spawn")
       : who(program_subject(call, cmd)), name(quoted(printable(cmd.argv()[0]))), image(cmd, o, plan, who) {
     prepare_launch(plan, o, fds, who);
-    plan.reset_handlers = true;  // exec semantics: handlers reset, ignored signals kept
+    plan.reset_handlers = true;  // exec semantics: handlers reset, ignored signals kept...
+    if (!o.keep_sigpipe_ignored) plan.default_signals |= signal_bit(SIGPIPE);  // ...but SIGPIPE's
   }
 
   // After the child has run: throws if it did not exec.
@@ -454,7 +460,8 @@ child spawn_callable(io_context& io, const spawn_options& o, F& f) {
 /// glibc clone(CLONE_VM | CLONE_VFORK | CLONE_PIDFD) + execve: the pidfd exists from the first
 /// instant, and a parent with a large heap spawns as fast as a small one. As with execve and
 /// posix_spawn, the program starts with the caller's signal mask (less run()'s SIGPIPE block),
-/// handled signals back at SIG_DFL and ignored ones still ignored (so `nohup` keeps working);
+/// handled signals back at SIG_DFL and ignored ones still ignored (so `nohup` keeps working),
+/// except SIGPIPE, which starts at SIG_DFL unless spawn_options::keep_sigpipe_ignored;
 /// spawn_options::default_signals resets more.
 template <class = void>
 child spawn(io_context& io, const command& cmd, const spawn_options& o = {}) {
