@@ -4,12 +4,14 @@
 /// spawn_daemon() (the classic double fork).
 
 #include <pidring/child.hpp>
+#include <pidring/detail/credentials.hpp>
 #include <pidring/detail/launch.hpp>
 #include <pidring/io_context.hpp>
 
 #include <fcntl.h>
 #include <stdio_ext.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -78,6 +80,13 @@ class stdio {
   int fd_;
 };
 
+/// A resource limit the child starts with (setrlimit in the child): `resource` is one of the
+/// RLIMIT_* constants, `soft` and `hard` its new values (RLIM_INFINITY for none).
+struct rlimit_setting {
+  int resource;
+  rlim_t soft, hard;
+};
+
 /// How to start a child.
 struct spawn_options {
   /// Callables: the process name (prctl PR_SET_NAME, 15 bytes), also used in messages.
@@ -112,6 +121,27 @@ struct spawn_options {
   std::optional<std::vector<int>> blocked_signals{};
   /// setsid(): the child leads a new session and process group.
   bool new_session = false;
+  /// setpgid(0, v) in the child: 0 makes it the leader of a new process group (child::
+  /// signal_group(), and run()'s timeout, shutdown() and kill_on_drop then act on the whole
+  /// group), a pgid makes it join that group (of the same session). nullopt: ours.
+  std::optional<pid_t> process_group{};
+  /// The user the child runs as (setresuid, last: after groups and group). Needs privilege
+  /// (CAP_SETUID) unless it is one of ours. As login does, the child also takes this user's
+  /// primary group (unless `group` is set) and its groups from the group database (unless
+  /// `groups` is set), read by the parent, never by the child; a user without a passwd entry
+  /// needs `group`.
+  std::optional<uid_t> user{};
+  /// The group the child runs as (setresgid, after groups). Needs privilege (CAP_SETGID) unless
+  /// it is one of ours.
+  std::optional<gid_t> group{};
+  /// The supplementary groups (setgroups). Needs privilege (CAP_SETGID) unless it is the list
+  /// the child has anyway.
+  std::optional<std::vector<gid_t>> groups{};
+  /// The child's file mode creation mask (umask), e.g. 027.
+  std::optional<mode_t> umask{};
+  /// Resource limits the child starts with (setrlimit, before the user changes: raising a hard
+  /// limit needs privilege).
+  std::vector<rlimit_setting> rlimits{};
   /// Programs start with SIGPIPE at SIG_DFL even where this process ignores it (as Python's
   /// subprocess and Rust's Command start them): `yes | head` and a shell's own pipelines need the
   /// signal to end. Every other ignored signal stays ignored (nohup), and callables keep every
@@ -207,13 +237,92 @@ struct launch_fds {
   }
 };
 
-// Fills in what every launch shares: stdio, fds to keep, session, death signal, signals. The
-// child's signal mask is the calling thread's, less the SIGPIPE block that run() adds on the
-// ring's thread (pidring undoes only what it changed itself).
+// The process group, limits and identity a launch asks for, checked and resolved in the parent;
+// the plan points into this.
+struct launch_identity {
+  child_credentials credentials;
+  std::vector<child_rlimit> rlimits;
+
+  // Whether the child has a step the parent cannot check for it (a forked callable must then
+  // report how its set-up went).
+  bool fallible = false;
+
+  void prepare(const spawn_options& o, launch_plan& plan, const spawn_subject& who) {
+    if (o.process_group) {
+      if (*o.process_group < 0)
+        who.fail(EINVAL, "spawn", "process_group " + std::to_string(*o.process_group) +
+                                      " is not a process group (0: a new one)");
+      if (o.new_session)
+        who.fail(EINVAL, "spawn", "process_group and new_session together: setsid() already makes "
+                                  "the child lead a new process group");
+      plan.process_group = *o.process_group;
+      fallible = true;
+    }
+    for (const rlimit_setting& l : o.rlimits) {
+      if (l.resource < 0 || l.resource >= RLIMIT_NLIMITS)
+        who.fail(EINVAL, "spawn", "rlimits: " + std::to_string(l.resource) + " is not a resource");
+      if (l.soft > l.hard)
+        who.fail(EINVAL, "spawn", "rlimits: " + rlimit_name(l.resource) + " soft limit " +
+                                      std::to_string(l.soft) + " above its hard limit " +
+                                      std::to_string(l.hard));
+      rlimits.push_back({l.resource, l.soft, l.hard});
+    }
+    plan.rlimits = rlimits.data();
+    plan.rlimit_count = rlimits.size();
+    if (o.umask) {
+      if (*o.umask > 0777)
+        who.fail(EINVAL, "spawn", "umask " + std::to_string(*o.umask) + " is not a mode (0-0777)");
+      plan.umask = static_cast<int>(*o.umask);
+    }
+    credentials = resolve_credentials(o.user, o.group, o.groups,
+                                      [&](int err, const std::string& what) { who.fail(err, "spawn", what); });
+    plan.set_groups = credentials.set_groups;
+    plan.groups = credentials.groups.data();
+    plan.group_count = credentials.groups.size();
+    plan.set_gid = credentials.gid.has_value();
+    plan.gid = credentials.gid.value_or(0);
+    plan.set_uid = credentials.uid.has_value();
+    plan.uid = credentials.uid.value_or(0);
+    fallible = fallible || !rlimits.empty() || plan.set_groups || plan.set_gid || plan.set_uid;
+  }
+
+  // The value a failed step was about, for its message: "setresuid 65534".
+  std::string describe(const launch_plan& plan) const {
+    const long v = plan.failed_value;
+    switch (plan.failed_step) {
+      case launch_step::setpgid:
+      case launch_step::setresgid:
+      case launch_step::setresuid: return " " + std::to_string(v);
+      case launch_step::setrlimit: return " " + rlimit_name(static_cast<int>(v));
+      case launch_step::setgroups: {
+        std::string list;
+        for (gid_t g : credentials.groups) list += (list.empty() ? "" : ", ") + std::to_string(g);
+        return " [" + list + "]";
+      }
+      default: return {};
+    }
+  }
+
+  static std::string rlimit_name(int resource) {
+    static const char* const names[] = {"RLIMIT_CPU",     "RLIMIT_FSIZE",   "RLIMIT_DATA",
+                                        "RLIMIT_STACK",   "RLIMIT_CORE",    "RLIMIT_RSS",
+                                        "RLIMIT_NPROC",   "RLIMIT_NOFILE",  "RLIMIT_MEMLOCK",
+                                        "RLIMIT_AS",      "RLIMIT_LOCKS",   "RLIMIT_SIGPENDING",
+                                        "RLIMIT_MSGQUEUE", "RLIMIT_NICE",   "RLIMIT_RTPRIO",
+                                        "RLIMIT_RTTIME"};
+    if (resource >= 0 && resource < static_cast<int>(std::size(names))) return names[resource];
+    return "resource " + std::to_string(resource);
+  }
+};
+
+// Fills in what every launch shares: stdio, fds to keep, session, process group, identity,
+// limits, death signal, signals. The child's signal mask is the calling thread's, less the
+// SIGPIPE block that run() adds on the ring's thread (pidring undoes only what it changed itself).
 inline void prepare_launch(launch_plan& plan, const spawn_options& o, launch_fds& fds,
-                           const spawn_subject& who) {
+                           launch_identity& identity, const spawn_subject& who) {
   const stdio targets[3] = {o.in, o.out, o.err};
   launch_fds::validate(targets, o, who);
+  identity.prepare(o, plan, who);
   fds.setup(targets, plan, who);
   for (int fd : o.pass_fds)
     if (fd >= 3) fds.keep.push_back(fd);
@@ -298,7 +407,8 @@ struct exec_image {
     plan.argv = argv.data();
   }
 
-  [[noreturn]] void throw_failure(const launch_plan& plan, const spawn_subject& who) const {
+  [[noreturn]] void throw_failure(const launch_plan& plan, const launch_identity& identity,
+                                  const spawn_subject& who) const {
     std::string what;
     if (plan.failed_step == launch_step::exec) {
       if (plan.failed_candidate >= 0)
@@ -308,6 +418,7 @@ struct exec_image {
     } else {
       what = step_name(plan.failed_step);
       if (plan.failed_step == launch_step::chdir) what += " to " + quoted(cwd);
+      what += identity.describe(plan);
     }
     who.fail(plan.error, step_operation(plan.failed_step), what);
   }
@@ -327,10 +438,11 @@ struct program_launch {
   std::string name;  // "'ls'": the child's name in later messages
   exec_image image;
   launch_fds fds;
+  launch_identity identity;
 
   program_launch(const command& cmd, const spawn_options& o, const char* call = "spawn")
       : who(program_subject(call, cmd)), name(quoted(printable(cmd.argv()[0]))), image(cmd, o, plan, who) {
-    prepare_launch(plan, o, fds, who);
+    prepare_launch(plan, o, fds, identity, who);
     plan.reset_handlers = true;  // exec semantics: handlers reset, ignored signals kept...
     if (!o.keep_sigpipe_ignored) plan.default_signals |= signal_bit(SIGPIPE);  // ...but SIGPIPE's
   }
@@ -342,7 +454,7 @@ struct program_launch {
       who.fail(ESRCH, "exec", "the child died before exec (" +
                                   exit_status::from_wait_status(reap_exited(l.pidfd)).to_string() + ")");
     reap_exited(l.pidfd);
-    image.throw_failure(plan, who);
+    image.throw_failure(plan, identity, who);
   }
 };
 
@@ -415,6 +527,7 @@ inline void refuse_threaded_fork(const spawn_options& o, const spawn_subject& wh
 struct callable_launch {
   launch_plan plan;
   launch_fds fds;
+  launch_identity identity;
   unique_fd cwd_fd;
   std::string name;  // "'callable'", or the quoted spawn_options::name
   spawn_subject who;
@@ -431,15 +544,42 @@ struct callable_launch {
       if (!cwd_fd) who.fail(errno, "chdir", "chdir to " + quoted(o.cwd->string()));
       plan.cwd_fd = cwd_fd.get();
     }
-    prepare_launch(plan, o, fds, who);
+    prepare_launch(plan, o, fds, identity, who);
   }
 
-  // In the child (a glibc fork() child): set up, name, run f, _exit.
+  // Whether the child must report how its set-up went (see fork_with_pidfd's keep_channel).
+  bool reports() const noexcept { return identity.fallible; }
+
+  // In the child (a glibc fork() child): set up (reporting on `report_fd` if it is one), name,
+  // run f, _exit.
   template <class F>
-  [[noreturn]] void run_child(const spawn_options& o, F& f) noexcept {
-    child_setup(plan, false);  // on failure it exits 127 by itself
+  [[noreturn]] void run_child(const spawn_options& o, F& f, int report_fd) noexcept {
+    plan.report_fd = report_fd;
+    child_setup(plan, false);  // on failure it reports and exits 127 by itself
+    if (report_fd >= 0) {
+      child_report(plan, launch_report{});
+      ::close(report_fd);
+    }
     if (!o.name.empty()) ::prctl(PR_SET_NAME, o.name.c_str(), 0, 0, 0);
     run_callable_child(f);
+  }
+
+  // In the parent: throws what the child reported on `channel` (the child is then reaped).
+  void check_report(int channel, int pidfd) {
+    const launch_report r = read_launch_report(channel);
+    if (r.error == 0) return;
+    const int status = reap_exited(pidfd);
+    if (r.step == launch_step::none)
+      who.fail(ESRCH, "fork", "the child ended before it was set up (" +
+                                  exit_status::from_wait_status(status).to_string() + ")");
+    throw_report(r);
+  }
+
+  // The failed step a child reported.
+  [[noreturn]] void throw_report(const launch_report& r) {
+    plan.failed_step = r.step;
+    plan.failed_value = r.value;
+    who.fail(r.error, step_operation(r.step), std::string(step_name(r.step)) + identity.describe(plan));
   }
 };
 
@@ -447,8 +587,11 @@ template <class F>
 child spawn_callable(io_context& io, const spawn_options& o, F& f) {
   orphans().sweep();
   callable_launch c(o, "spawn");
-  launched l = fork_with_pidfd(c.who);
-  if (l.pid == 0) c.run_child(o, f);
+  launched l = fork_with_pidfd(c.who, c.reports());
+  if (l.pid == 0) c.run_child(o, f, l.channel);
+  unique_fd pidfd(l.pidfd), channel(l.channel);
+  if (channel) c.check_report(channel.get(), pidfd.get());
+  pidfd.release();
   return make_child(io, l, c.name, o, c.fds);
 }
 
@@ -551,7 +694,7 @@ inline pid_t spawn_daemon(const command& cmd, const spawn_options& options = {})
     siginfo_t info;
     ::waitid(P_PID, static_cast<id_t>(d.pid), &info, WEXITED | WNOHANG | __WALL);
     if (p.plan.error == detail::launch_not_started) p.who.fail(ESRCH, "exec", "the daemon died before exec");
-    p.image.throw_failure(p.plan, p.who);
+    p.image.throw_failure(p.plan, p.identity, p.who);
   }
   return d.pid;
 }
@@ -567,12 +710,18 @@ pid_t spawn_daemon(const spawn_options& options, F&& f, Args&&... args) {
   auto call = [fn = std::forward<F>(f), ... a = std::forward<Args>(args)]() mutable {
     return std::invoke(fn, a...);
   };
-  int sv[2];
+  // Two report sockets: the intermediate child's (the grandchild's pid), and, where a set-up
+  // step can fail, the grandchild's (how its set-up went).
+  int sv[2], gv[2] = {-1, -1};
   if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) c.who.fail(errno, "pipe", "socketpair");
   detail::unique_fd report_rd(sv[0]), report_wr(sv[1]);
+  if (c.reports() && ::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, gv) != 0)
+    c.who.fail(errno, "pipe", "socketpair");
+  detail::unique_fd grand_rd(gv[0]), grand_wr(gv[1]);
   detail::launched mid = detail::fork_with_pidfd(c.who);
   if (mid.pid == 0) {
     report_rd.reset();
+    grand_rd.reset();
     detail::daemon_report r;
     if (::setsid() < 0) {
       r.error = errno;
@@ -581,7 +730,7 @@ pid_t spawn_daemon(const spawn_options& options, F&& f, Args&&... args) {
       const pid_t g = ::fork();  // single-threaded here: as safe as any double fork
       if (g == 0) {
         report_wr.reset();
-        c.run_child(o, call);
+        c.run_child(o, call, grand_wr.get());
       }
       if (g < 0)
         r.error = errno;
@@ -593,6 +742,7 @@ pid_t spawn_daemon(const spawn_options& options, F&& f, Args&&... args) {
   }
   detail::unique_fd mid_fd(mid.pidfd);
   report_wr.reset();
+  grand_wr.reset();
   detail::daemon_report r;
   ssize_t n;
   do n = ::read(report_rd.get(), &r, sizeof r);
@@ -602,6 +752,19 @@ pid_t spawn_daemon(const spawn_options& options, F&& f, Args&&... args) {
   if (r.error) {
     const bool setsid = r.step == detail::launch_step::setsid;
     c.who.fail(r.error, setsid ? "setsid" : "fork", setsid ? "setsid" : "fork");
+  }
+  if (grand_rd) {
+    const detail::launch_report g = detail::read_launch_report(grand_rd.get());
+    if (g.error != 0) {
+      // The grandchild exits 127. If we are the subreaper that adopted it, it is ours to reap
+      // (its pid stays reserved until we do).
+      siginfo_t info;
+      if (::waitid(P_PID, static_cast<id_t>(r.pid), &info, WEXITED | WNOHANG | WNOWAIT | __WALL) == 0)
+        while (::waitid(P_PID, static_cast<id_t>(r.pid), &info, WEXITED | __WALL) < 0 && errno == EINTR) {
+        }
+      if (g.step == detail::launch_step::none) c.who.fail(ESRCH, "fork", "the daemon died before it was set up");
+      c.throw_report(g);
+    }
   }
   return r.pid;
 }

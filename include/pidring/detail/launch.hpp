@@ -47,7 +47,10 @@ namespace pidring::detail {
 #endif
 
 // The steps of a child's set-up, for the parent's error message.
-enum class launch_step : int { none, signals, stdio, close_fds, chdir, setsid, pdeathsig, exec };
+enum class launch_step : int {
+  none, signals, stdio, close_fds, chdir, setsid, pdeathsig, exec,
+  cgroup, setpgid, setrlimit, setgroups, setresgid, setresuid
+};
 
 // The pidring::error operation of a failed step (the list in error.hpp).
 inline const char* step_operation(launch_step s) noexcept {
@@ -59,6 +62,12 @@ inline const char* step_operation(launch_step s) noexcept {
     case launch_step::setsid: return "setsid";
     case launch_step::pdeathsig: return "prctl";
     case launch_step::exec: return "exec";
+    case launch_step::cgroup: return "cgroup";
+    case launch_step::setpgid: return "setpgid";
+    case launch_step::setrlimit: return "setrlimit";
+    case launch_step::setgroups: return "setgroups";
+    case launch_step::setresgid: return "setresgid";
+    case launch_step::setresuid: return "setresuid";
     default: return "spawn";
   }
 }
@@ -83,6 +92,12 @@ inline const char* step_name(launch_step s) noexcept {
     case launch_step::setsid: return "setsid";
     case launch_step::pdeathsig: return "prctl(PR_SET_PDEATHSIG)";
     case launch_step::exec: return "execve";
+    case launch_step::cgroup: return "moving into the cgroup";
+    case launch_step::setpgid: return "setpgid";
+    case launch_step::setrlimit: return "setrlimit";
+    case launch_step::setgroups: return "setgroups";
+    case launch_step::setresgid: return "setresgid";
+    case launch_step::setresuid: return "setresuid";
     default: return "start";
   }
 }
@@ -109,6 +124,12 @@ inline kernel_sigset current_signal_mask() noexcept {
 // before then, killed by a signal, must not look like a started child.
 inline constexpr int launch_not_started = -1;
 
+// A resource limit as prlimit64 takes it.
+struct child_rlimit {
+  int resource;
+  std::uint64_t soft, hard;
+};
+
 // Everything a child's set-up needs, prepared by the parent. The child side reads only the plain
 // fields below (no container, no allocation) and calls only async-signal-safe system calls.
 struct launch_plan {
@@ -121,6 +142,19 @@ struct launch_plan {
   const char* cwd = nullptr;      // chdir to this path (programs)
   int cwd_fd = -1;                // or fchdir to this directory (callables: checked by the parent)
   bool new_session = false;
+  pid_t process_group = -1;       // >= 0: setpgid(0, process_group)
+  // Identity and limits, applied in login's order: limits and umask, then groups, gid, uid.
+  const child_rlimit* rlimits = nullptr;
+  std::size_t rlimit_count = 0;
+  int umask = -1;                 // >= 0: umask(umask)
+  bool set_groups = false;
+  const gid_t* groups = nullptr;
+  std::size_t group_count = 0;
+  bool set_gid = false;
+  gid_t gid = 0;
+  bool set_uid = false;
+  uid_t uid = 0;
+  int cgroup_procs_fd = -1;       // >= 0: the child moves itself into this cgroup first
   int parent_death_signal = 0;
   pid_t parent_pid = 0;           // the process and thread that spawn: PR_SET_PDEATHSIG follows
   pid_t parent_tid = 0;           // the thread, and either may end before the child's prctl
@@ -134,10 +168,22 @@ struct launch_plan {
   char* const* argv = nullptr;
   char* const* envp = nullptr;
 
+  // A forked callable shares no memory with the parent: it reports a failed step (or its
+  // success) on this socket instead.
+  int report_fd = -1;
+
   // Written by the child (shared memory under CLONE_VM) when a step fails.
   int error = launch_not_started;
   launch_step failed_step = launch_step::none;
   int failed_candidate = -1;
+  long failed_value = 0;  // the id, group or limit the failed step was about
+};
+
+// What a forked callable's child sends on launch_plan::report_fd: error 0 once it is set up.
+struct launch_report {
+  int error = 0;
+  launch_step step = launch_step::none;
+  long value = 0;
 };
 
 // ---- the child side (raw system calls only; under CLONE_VM it shares the parent's memory) -----
@@ -150,8 +196,8 @@ struct kernel_sigaction {
 };
 
 PIDRING_NO_SANITIZE inline long child_syscall(long nr, long a = 0, long b = 0, long c = 0,
-                                              long d = 0) noexcept {
-  long r = ::syscall(nr, a, b, c, d);
+                                              long d = 0, long e = 0, long f = 0) noexcept {
+  long r = ::syscall(nr, a, b, c, d, e, f);
   return r == -1 ? -errno : r;
 }
 
@@ -160,10 +206,18 @@ PIDRING_NO_SANITIZE inline long child_syscall(long nr, long a = 0, long b = 0, l
   __builtin_unreachable();
 }
 
-[[noreturn]] PIDRING_NO_SANITIZE inline void child_fail(launch_plan& p, launch_step step,
-                                                        long err) noexcept {
+PIDRING_NO_SANITIZE inline void child_report(const launch_plan& p, const launch_report& r) noexcept {
+  if (p.report_fd < 0) return;
+  // MSG_NOSIGNAL: a parent that gave up on us must not kill us with SIGPIPE.
+  child_syscall(SYS_sendto, p.report_fd, reinterpret_cast<long>(&r), sizeof r, MSG_NOSIGNAL);
+}
+
+[[noreturn]] PIDRING_NO_SANITIZE inline void child_fail(launch_plan& p, launch_step step, long err,
+                                                        long value = 0) noexcept {
   p.error = static_cast<int>(-err);
   p.failed_step = step;
+  p.failed_value = value;
+  child_report(p, launch_report{p.error, step, value});
   child_exit(127);
 }
 
@@ -202,9 +256,66 @@ PIDRING_NO_SANITIZE inline void child_close_range(const launch_plan& p, unsigned
   for (unsigned fd = first; fd <= end; ++fd) child_syscall(SYS_close, fd);
 }
 
+// Every fd >= 3 is closed except keep_fds (made inheritable) and the report socket (a failed
+// close_range falls back to a loop).
+PIDRING_NO_SANITIZE inline void child_close_fds(launch_plan& p, bool will_exec) noexcept {
+  unsigned lo = 3;
+  std::size_t i = 0;
+  bool report_kept = p.report_fd < 3;
+  while (i < p.keep_count || !report_kept) {
+    const bool report_next = !report_kept && (i == p.keep_count || p.report_fd < p.keep_fds[i]);
+    const int k = report_next ? p.report_fd : p.keep_fds[i];
+    child_close_range(p, lo, static_cast<unsigned>(k) - 1, will_exec);
+    if (report_next) {
+      report_kept = true;
+    } else {
+      const long r = child_syscall(SYS_fcntl, k, F_SETFD, 0);
+      if (r < 0) child_fail(p, launch_step::close_fds, r);
+      ++i;
+      if (k == p.report_fd) report_kept = true;
+    }
+    lo = static_cast<unsigned>(k) + 1;
+  }
+  child_close_range(p, lo, ~0U, will_exec);
+}
+
+// Process group, limits, umask, then the identity in login's order (groups, gid, uid): a uid
+// given up first would leave no right to change the rest.
+PIDRING_NO_SANITIZE inline void child_identity(launch_plan& p) noexcept {
+  long r;
+  if (p.process_group >= 0) {
+    r = child_syscall(SYS_setpgid, 0, p.process_group);
+    if (r < 0) child_fail(p, launch_step::setpgid, r, p.process_group);
+  }
+  for (std::size_t i = 0; i < p.rlimit_count; ++i) {
+    const child_rlimit& l = p.rlimits[i];
+    std::uint64_t lim[2] = {l.soft, l.hard};
+    r = child_syscall(SYS_prlimit64, 0, l.resource, reinterpret_cast<long>(lim), 0);
+    if (r < 0) child_fail(p, launch_step::setrlimit, r, l.resource);
+  }
+  if (p.umask >= 0) child_syscall(SYS_umask, p.umask);
+  if (p.set_groups) {
+    r = child_syscall(SYS_setgroups, static_cast<long>(p.group_count), reinterpret_cast<long>(p.groups));
+    if (r < 0) child_fail(p, launch_step::setgroups, r);
+  }
+  if (p.set_gid) {
+    r = child_syscall(SYS_setresgid, p.gid, p.gid, p.gid);
+    if (r < 0) child_fail(p, launch_step::setresgid, r, p.gid);
+  }
+  if (p.set_uid) {
+    r = child_syscall(SYS_setresuid, p.uid, p.uid, p.uid);
+    if (r < 0) child_fail(p, launch_step::setresuid, r, p.uid);
+  }
+}
+
 // Set-up shared by programs (will_exec) and callables. Returns normally only if every step worked.
 PIDRING_NO_SANITIZE inline void child_setup(launch_plan& p, bool will_exec) noexcept {
   long r;
+  // Into the cgroup first, so that nothing the child does is accounted outside it.
+  if (p.cgroup_procs_fd >= 0) {
+    r = child_syscall(SYS_write, p.cgroup_procs_fd, reinterpret_cast<long>("0"), 1);
+    if (r < 0) child_fail(p, launch_step::cgroup, r);
+  }
   child_signals(p);
   // First the working directory: the directory fd of a callable may be any number, and the
   // steps below move and close fds.
@@ -238,20 +349,13 @@ PIDRING_NO_SANITIZE inline void child_setup(launch_plan& p, bool will_exec) noex
     r = child_syscall(SYS_dup3, 1, 2, 0);
     if (r < 0) child_fail(p, launch_step::stdio, r);
   }
-  // Close every fd >= 3 except keep_fds (a failed close_range falls back to a loop).
-  unsigned lo = 3;
-  for (std::size_t i = 0; i < p.keep_count; ++i) {
-    const int k = p.keep_fds[i];
-    child_close_range(p, lo, static_cast<unsigned>(k) - 1, will_exec);
-    r = child_syscall(SYS_fcntl, k, F_SETFD, 0);
-    if (r < 0) child_fail(p, launch_step::close_fds, r);
-    lo = static_cast<unsigned>(k) + 1;
-  }
-  child_close_range(p, lo, ~0U, will_exec);
+  child_close_fds(p, will_exec);
   if (p.new_session) {
     r = child_syscall(SYS_setsid);
     if (r < 0) child_fail(p, launch_step::setsid, r);
   }
+  child_identity(p);
+  // After the identity: a change of credentials clears the death signal.
   if (p.parent_death_signal) {
     r = child_syscall(SYS_prctl, PR_SET_PDEATHSIG, p.parent_death_signal);
     if (r < 0) child_fail(p, launch_step::pdeathsig, r);
@@ -346,6 +450,7 @@ struct launched {
   int pidfd = -1;
   pid_t pid = -1;
   int error = 0;
+  int channel = -1;  // fork_with_pidfd(keep_channel): the socket to the other side, or -1
 };
 
 // Blocks every signal of the calling thread, glibc's internal ones included, until destroyed:
@@ -456,8 +561,9 @@ PIDRING_NO_SANITIZE inline int daemon_intermediate_entry(void* arg) noexcept {
 
 // fork() through glibc, so the child is an ordinary fork() child, and a pidfd for it. Returns pid
 // 0 in the child (once the parent holds the pidfd). In the parent, throws if the child could not
-// be tracked: then no child is left behind.
-inline launched fork_with_pidfd(const spawn_subject& who) {
+// be tracked: then no child is left behind. With keep_channel, the socket of the gate stays open
+// on both sides (launched::channel), for the child to report how its set-up went.
+inline launched fork_with_pidfd(const spawn_subject& who, bool keep_channel = false) {
   int sv[2];
   if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) who.fail(errno, "pipe", "socketpair");
   const pid_t pid = ::fork();
@@ -475,9 +581,9 @@ inline launched fork_with_pidfd(const spawn_subject& who) {
     ssize_t n;
     do n = ::read(sv[1], &go, 1);
     while (n < 0 && errno == EINTR);
-    ::close(sv[1]);
     if (n != 1) ::_exit(127);  // the parent gave up on us
-    return {-1, 0, 0};
+    if (!keep_channel) ::close(sv[1]);
+    return {-1, 0, 0, keep_channel ? sv[1] : -1};
   }
   ::close(sv[1]);
   unique_fd gate(sv[0]);
@@ -509,7 +615,18 @@ inline launched fork_with_pidfd(const spawn_subject& who) {
   // MSG_NOSIGNAL: a child killed this very moment must not raise SIGPIPE here; its handle then
   // reports how it ended.
   [[maybe_unused]] ssize_t n = ::send(gate.get(), &go, 1, MSG_NOSIGNAL);
-  return {fd.release(), pid, 0};
+  return {fd.release(), pid, 0, keep_channel ? gate.release() : -1};
+}
+
+// Reads what a forked child sent on its report socket: its set-up worked (error 0), or the step
+// that failed. A child that died before it could say either reports ESRCH.
+inline launch_report read_launch_report(int channel) noexcept {
+  launch_report r;
+  ssize_t n;
+  do n = ::read(channel, &r, sizeof r);
+  while (n < 0 && errno == EINTR);
+  if (n != static_cast<ssize_t>(sizeof r)) return {ESRCH, launch_step::none, 0};
+  return r;
 }
 
 // ---- /proc ------------------------------------------------------------------------------------
