@@ -7,6 +7,7 @@
 #include <pidring/exit_status.hpp>
 #include <pidring/io_context.hpp>
 #include <pidring/pipe.hpp>
+#include <pidring/resource_usage.hpp>
 #include <pidring/task.hpp>
 
 #include <poll.h>
@@ -66,6 +67,7 @@ struct process_state {
   unique_fd pidfd;
   std::string name;                  // for messages: "'sleep' (pid 123)"
   std::optional<exit_status> status;  // once reaped
+  std::optional<resource_usage> usage;  // once reaped by us
   unsigned kernel_waits = 0;         // ring operations on the pidfd not yet completed
   bool kill_on_drop = false;
   bool killed = false;  // SIGKILL sent by us
@@ -79,7 +81,8 @@ struct process_state {
   const std::optional<exit_status>& reap_now() {
     if (status) return status;
     siginfo_t info;
-    int r = sys_waitid_pidfd(pidfd.get(), info, WEXITED | WNOHANG);
+    rusage ru{};
+    int r = sys_waitid_pidfd(pidfd.get(), info, WEXITED | WNOHANG, &ru);
     if (r == -ECHILD) {
       // Reaped by someone else: waitpid(-1) elsewhere, or SIGCHLD set to SIG_IGN (exec gives
       // a child the SIGCHLD exit signal back, so the kernel auto-reaps it). Since Linux 6.15
@@ -98,6 +101,7 @@ struct process_state {
     if (r < 0) throw_error(-r, "wait", "wait for " + describe() + ": waitid(P_PIDFD)");
     if (info.si_pid != 0) {
       status = exit_status::from_siginfo(info);
+      usage = from_rusage(ru);
       release_pidfd_if_idle();
     }
     return status;
@@ -268,6 +272,12 @@ class child {
 
   /// waitpid(WNOHANG): the status if the child has ended (reaping it), else nullopt.
   std::optional<exit_status> try_wait() { return checked_state("try_wait")->reap_now(); }
+
+  /// Once the child is reaped (by wait(), try_wait(), ...): the CPU time and peak memory it
+  /// used, with those of the descendants it reaped itself, as wait4() reports them. nullopt
+  /// before, for an empty handle, and for a child reaped elsewhere (a waitpid(-1) of another
+  /// part of the program).
+  std::optional<resource_usage> usage() const noexcept { return state_ ? state_->usage : std::nullopt; }
 
   /// SIGTERM, up to `grace` for the child to end, then SIGKILL; always reaped when it returns.
   template <class = void>

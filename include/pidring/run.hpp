@@ -4,6 +4,7 @@
 
 #include <pidring/child.hpp>
 #include <pidring/io_context.hpp>
+#include <pidring/resource_usage.hpp>
 #include <pidring/spawn.hpp>
 #include <pidring/task.hpp>
 
@@ -42,6 +43,8 @@ struct completed {
   std::string err{};
   /// True if run_options::timeout fired and the child was killed.
   bool timed_out = false;
+  /// The CPU time and peak memory the child used (see child::usage()).
+  std::optional<resource_usage> usage{};
 };
 
 namespace detail {
@@ -87,6 +90,7 @@ task<void> run_wait(io_context& io, child& c, std::optional<std::chrono::nanosec
     st = co_await c.wait();
   }
   result.status = *st;
+  result.usage = c.usage();
   co_await sleep_for(io, run_drain_grace, all_drained);
   stop_io.request_stop();
 }

@@ -5,6 +5,7 @@
 
 #include <fcntl.h>
 #include <sys/ioctl.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -62,11 +63,12 @@ inline int sys_close_range(unsigned first, unsigned last) noexcept {
 }
 
 // waitid(P_PIDFD, pidfd, ...). __WALL because pidring's children send no exit signal (see spawn.hpp).
-inline int sys_waitid_pidfd(int pidfd, siginfo_t& info, int options) noexcept {
+// `usage`, if given, receives what the kernel's waitid gives besides (as wait4 does).
+inline int sys_waitid_pidfd(int pidfd, siginfo_t& info, int options, rusage* usage = nullptr) noexcept {
   info = siginfo_t{};
   int saved = errno;
   long r = raw_syscall_result(
-      ::syscall(SYS_waitid, 3 /* P_PIDFD */, pidfd, &info, options | __WALL, nullptr));
+      ::syscall(SYS_waitid, 3 /* P_PIDFD */, pidfd, &info, options | __WALL, usage));
   errno = saved;
   return static_cast<int>(r);
 }
