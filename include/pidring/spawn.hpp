@@ -467,6 +467,7 @@ child make_child(io_context& io, launched l, std::string name, const spawn_optio
   s->pidfd.reset(l.pidfd);
   s->name = std::move(name);
   s->kill_on_drop = o.kill_on_drop;
+  s->leads_group = o.new_session || (o.process_group && *o.process_group == 0);
   s->reap_later = &reap_later<>;
   child_parts parts;
   const std::string who = s->describe();

@@ -51,9 +51,12 @@ inline int sys_pidfd_open(pid_t pid) noexcept {
   return static_cast<int>(r);
 }
 
-inline int sys_pidfd_send_signal(int pidfd, int sig) noexcept {
+// pidfd_send_signal's flags (Linux 6.9; <linux/pidfd.h> is newer than some headers we build with).
+inline constexpr unsigned pidfd_signal_process_group = 1u << 2;  // PIDFD_SIGNAL_PROCESS_GROUP
+
+inline int sys_pidfd_send_signal(int pidfd, int sig, unsigned flags = 0) noexcept {
   int saved = errno;
-  long r = raw_syscall_result(::syscall(PIDRING_SYS_PIDFD_SEND_SIGNAL, pidfd, sig, nullptr, 0));
+  long r = raw_syscall_result(::syscall(PIDRING_SYS_PIDFD_SEND_SIGNAL, pidfd, sig, nullptr, flags));
   errno = saved;
   return static_cast<int>(r);
 }
