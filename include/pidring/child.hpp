@@ -2,6 +2,8 @@
 /// @file
 /// child: a running (or ended) child process, awaitable through its pidfd; wait_any.
 
+#include <pidring/detail/cgroup_state.hpp>
+#include <pidring/detail/detached.hpp>
 #include <pidring/detail/error.hpp>
 #include <pidring/detail/kernel_features.hpp>
 #include <pidring/detail/test_hooks.hpp>
@@ -73,6 +75,8 @@ struct process_state {
   // The child leads its own process group (spawned with process_group 0 or new_session): the
   // group's id is its pid. Its pidfd is then kept after the reap, to signal the group by it.
   bool leads_group = false;
+  // The pidring::cgroup it was spawned into, if any: its shutdown and timeouts end the cgroup.
+  std::shared_ptr<cgroup_state> cgroup;
   bool kill_on_drop = false;
   bool killed = false;  // SIGKILL sent by us
   // Hands a dropped child to the context's background reaper. Set where a child is made, so that
@@ -159,14 +163,20 @@ struct process_state {
     return true;
   }
 
-  // Whether the child's group (or, later, its cgroup) is pidring's to end with it.
-  bool owns_tree() const noexcept { return leads_group; }
+  // Whether the child's group or cgroup is pidring's to end with it.
+  bool owns_tree() const noexcept { return leads_group || cgroup; }
 
-  // Signals the child and what it owns: the rest of its group. Best effort for the group: a
+  // Signals the child and what it owns: the rest of its group, every process of its cgroup. A
   // group that can no longer be named safely is left alone.
   void signal_tree(int sig) {
     send_signal(sig);
     if (leads_group) signal_own_group(sig);
+    if (cgroup) {
+      if (sig == SIGKILL)
+        cgroup->kill();
+      else
+        cgroup->signal_each(sig);
+    }
   }
 };
 
@@ -234,17 +244,6 @@ task<exit_status> wait_exit(std::shared_ptr<process_state> s) {
   auto st = co_await wait_until(std::move(s), {}, std::nullopt);
   co_return *st;
 }
-
-// A coroutine nobody awaits: background work owned by an io_context. It must not throw.
-struct detached {
-  struct promise_type {
-    detached get_return_object() noexcept { return {}; }
-    std::suspend_never initial_suspend() noexcept { return {}; }
-    std::suspend_never final_suspend() noexcept { return {}; }
-    void return_void() noexcept {}
-    void unhandled_exception() noexcept { std::terminate(); }
-  };
-};
 
 // A dropped or detached child: reaped when it ends, while the context runs. If the context ends
 // first, a child we killed is waited for on the ring a little longer (the context's destructor

@@ -2,6 +2,7 @@
 /// @file
 /// The umbrella header: every public pidring header.
 
+#include <pidring/cgroup.hpp>
 #include <pidring/child.hpp>
 #include <pidring/copy.hpp>
 #include <pidring/error.hpp>

@@ -3,6 +3,7 @@
 /// Starting children: command, stdio, spawn_options, spawn() for programs and callables,
 /// spawn_daemon() (the classic double fork).
 
+#include <pidring/cgroup.hpp>
 #include <pidring/child.hpp>
 #include <pidring/detail/credentials.hpp>
 #include <pidring/detail/launch.hpp>
@@ -142,6 +143,12 @@ struct spawn_options {
   /// Resource limits the child starts with (setrlimit, before the user changes: raising a hard
   /// limit needs privilege).
   std::vector<rlimit_setting> rlimits{};
+  /// Start inside this cgroup (which must outlive the spawn): a program by clone3
+  /// CLONE_INTO_CGROUP (Linux 5.7, x86-64), so it is in the cgroup from its first instruction;
+  /// elsewhere, and for callables, the child moves itself in (writes cgroup.procs) before any
+  /// other step of its set-up. The child's shutdown(), kill_on_drop and run()'s timeout then
+  /// kill the whole cgroup.
+  pidring::cgroup* cgroup = nullptr;
   /// Programs start with SIGPIPE at SIG_DFL even where this process ignores it (as Python's
   /// subprocess and Rust's Command start them): `yes | head` and a shell's own pipelines need the
   /// signal to end. Every other ignored signal stays ignored (nohup), and callables keep every
@@ -242,12 +249,18 @@ struct launch_fds {
 struct launch_identity {
   child_credentials credentials;
   std::vector<child_rlimit> rlimits;
+  std::shared_ptr<cgroup_state> cgroup;
+  unique_fd cgroup_procs;  // where the child moves itself in when clone3 cannot start it there
 
   // Whether the child has a step the parent cannot check for it (a forked callable must then
   // report how its set-up went).
   bool fallible = false;
 
   void prepare(const spawn_options& o, launch_plan& plan, const spawn_subject& who) {
+    if (o.cgroup) {
+      cgroup = cgroup_access::state(*o.cgroup);
+      fallible = true;
+    }
     if (o.process_group) {
       if (*o.process_group < 0)
         who.fail(EINVAL, "spawn", "process_group " + std::to_string(*o.process_group) +
@@ -286,10 +299,48 @@ struct launch_identity {
     fallible = fallible || !rlimits.empty() || plan.set_groups || plan.set_gid || plan.set_uid;
   }
 
+  // For a child that moves itself into the cgroup (opened now: an error is the parent's).
+  void open_cgroup_procs(launch_plan& plan, const spawn_subject& who) {
+    cgroup_procs = cgroup->open_file("cgroup.procs", O_WRONLY);
+    if (!cgroup_procs) who.fail(errno, "cgroup", "open cgroup.procs of " + quoted(cgroup->path().string()));
+    plan.cgroup_procs_fd = cgroup_procs.get();
+  }
+
+  // Starts a program's child (see launch_exec): in a cgroup by clone3 where the kernel can, else
+  // as a child that moves itself in. A clone3 that the cgroup refuses is an error of the
+  // cgroup. Throws if no child was started.
+  launched launch_program(launch_plan& plan, const spawn_subject& who) {
+    if (cgroup && kernel().clone_into_cgroup && cgroup->clone_into_usable()) {
+      const launched l = launch_exec(plan, cgroup->dir_fd());
+      if (l.error == 0 && !killed_before_exec(plan, l)) return l;
+      if (l.error != 0 && l.error != ENOSYS)
+        who.fail(l.error, "cgroup", "clone3 into the cgroup " + quoted(cgroup->path().string()));
+    }
+    if (cgroup && !cgroup_procs) open_cgroup_procs(plan, who);
+    const launched l = launch_exec(plan);
+    if (l.error) who.fail(l.error, "clone", clone_call(l.error));
+    return l;
+  }
+
+  // A child started by clone3 into the cgroup that SIGKILL ended before it could do anything
+  // (see cgroup_state::clone_into_usable): reaped, and the cgroup's spawns go the other way.
+  bool killed_before_exec(const launch_plan& plan, const launched& l) {
+    if (plan.error != launch_not_started) return false;
+    siginfo_t info;
+    if (sys_waitid_pidfd(l.pidfd, info, WEXITED | WNOHANG | WNOWAIT) != 0 || info.si_code != CLD_KILLED ||
+        info.si_status != SIGKILL)
+      return false;
+    reap_exited(l.pidfd);
+    ::close(l.pidfd);
+    cgroup->clone_into_refused();
+    return true;
+  }
+
   // The value a failed step was about, for its message: "setresuid 65534".
   std::string describe(const launch_plan& plan) const {
     const long v = plan.failed_value;
     switch (plan.failed_step) {
+      case launch_step::cgroup: return " " + quoted(cgroup ? cgroup->path().string() : std::string());
       case launch_step::setpgid:
       case launch_step::setresgid:
       case launch_step::setresuid: return " " + std::to_string(v);
@@ -459,7 +510,8 @@ struct program_launch {
 };
 
 template <class = void>
-child make_child(io_context& io, launched l, std::string name, const spawn_options& o, launch_fds& fds) {
+child make_child(io_context& io, launched l, std::string name, const spawn_options& o, launch_fds& fds,
+                 std::shared_ptr<cgroup_state> cgroup) {
   auto s = std::make_shared<process_state>();
   s->io = &io;
   s->io_alive = loop_of(io).lifetime();
@@ -468,6 +520,7 @@ child make_child(io_context& io, launched l, std::string name, const spawn_optio
   s->name = std::move(name);
   s->kill_on_drop = o.kill_on_drop;
   s->leads_group = o.new_session || (o.process_group && *o.process_group == 0);
+  s->cgroup = std::move(cgroup);
   s->reap_later = &reap_later<>;
   child_parts parts;
   const std::string who = s->describe();
@@ -546,6 +599,7 @@ struct callable_launch {
       plan.cwd_fd = cwd_fd.get();
     }
     prepare_launch(plan, o, fds, identity, who);
+    if (identity.cgroup) identity.open_cgroup_procs(plan, who);
   }
 
   // Whether the child must report how its set-up went (see fork_with_pidfd's keep_channel).
@@ -593,7 +647,7 @@ child spawn_callable(io_context& io, const spawn_options& o, F& f) {
   unique_fd pidfd(l.pidfd), channel(l.channel);
   if (channel) c.check_report(channel.get(), pidfd.get());
   pidfd.release();
-  return make_child(io, l, c.name, o, c.fds);
+  return make_child(io, l, c.name, o, c.fds, c.identity.cgroup);
 }
 
 }  // namespace detail
@@ -611,12 +665,11 @@ template <class = void>
 child spawn(io_context& io, const command& cmd, const spawn_options& o = {}) {
   detail::orphans().sweep();
   detail::program_launch p(cmd, o);
-  detail::launched l = detail::launch_exec(p.plan);
-  if (l.error) p.who.fail(l.error, "clone", detail::clone_call(l.error));
+  detail::launched l = p.identity.launch_program(p.plan, p.who);
   detail::unique_fd owned(l.pidfd);
   p.check(l);
   owned.release();
-  return detail::make_child(io, l, p.name, o, p.fds);
+  return detail::make_child(io, l, p.name, o, p.fds, p.identity.cgroup);
 }
 
 /// Runs f(args...) in a forked child (multiprocessing.Process(target=f, args=...)). Its int
@@ -675,6 +728,7 @@ struct daemon_report {
 inline pid_t spawn_daemon(const command& cmd, const spawn_options& options = {}) {
   spawn_options o = detail::daemon_options(options);
   detail::program_launch p(cmd, o, "spawn_daemon");
+  if (p.identity.cgroup) p.identity.open_cgroup_procs(p.plan, p.who);  // the grandchild moves itself in
   detail::child_stacks stacks(2);
   detail::daemon_launch d;
   d.grandchild = &p.plan;

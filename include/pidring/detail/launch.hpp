@@ -13,6 +13,7 @@
 // and has checked that it names a live child of ours.
 
 #include <pidring/detail/error.hpp>
+#include <pidring/detail/kernel_features.hpp>
 #include <pidring/detail/own_threads.hpp>
 #include <pidring/exit_status.hpp>
 #include <pidring/detail/sys.hpp>
@@ -32,6 +33,7 @@
 #include <cstring>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 extern char** environ;
@@ -496,16 +498,91 @@ inline launched clone_vfork(int (*fn)(void*), void* arg, char* stack_top) noexce
   return {pidfd, static_cast<pid_t>(r), 0};
 }
 
+// clone3's arguments, as far as Linux 5.7 has them (CLONE_ARGS_SIZE_VER2).
+struct clone3_args {
+  std::uint64_t flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls, set_tid,
+      set_tid_size, cgroup;
+};
+
+#ifndef SYS_clone3
+#define PIDRING_SYS_CLONE3 435
+#else
+#define PIDRING_SYS_CLONE3 SYS_clone3
+#endif
+inline constexpr std::uint64_t clone_into_cgroup = 0x200000000ULL;  // CLONE_INTO_CGROUP (5.7)
+
+#if defined(__x86_64__)
+// clone3 for a child that shares our memory and runs fn(arg) on a stack of its own. glibc 2.36
+// has no clone3 wrapper that takes a function, and a child on a new stack cannot return through
+// syscall(): there is nothing on its stack to return to. So the child's side is five
+// instructions: it calls fn (which never returns) straight from the syscall. Registers: rax (the
+// call's number, then its result), rdi and rsi (its arguments), rcx and r11 (written by
+// syscall), the flags (test); in the child also rdi (fn's argument), and the new stack pointer
+// that clone3 gives it. fn and arg travel in rdx and r8, which the kernel leaves alone; all are
+// bound to these registers before the asm, so nothing is read after the stack changes.
+inline long clone3_with_stack(clone3_args& args, int (*fn)(void*), void* arg) noexcept {
+  register long rax asm("rax") = PIDRING_SYS_CLONE3;
+  register long rdi asm("rdi") = reinterpret_cast<long>(&args);
+  register long rsi asm("rsi") = sizeof args;
+  register long rdx asm("rdx") = reinterpret_cast<long>(fn);
+  register long r8 asm("r8") = reinterpret_cast<long>(arg);
+  asm volatile(
+      "syscall\n\t"
+      "testq %%rax, %%rax\n\t"
+      "jnz 1f\n\t"
+      "movq %%r8, %%rdi\n\t"
+      "callq *%%rdx\n\t"
+      "ud2\n"
+      "1:\n"
+      : "+r"(rax), "+r"(rdi)
+      : "r"(rsi), "r"(rdx), "r"(r8)
+      : "rcx", "r11", "cc", "memory");
+  return rax;
+}
+#endif
+
+// clone3(CLONE_VM | CLONE_VFORK | CLONE_PIDFD | CLONE_INTO_CGROUP): a child of ours running
+// fn(arg) inside the cgroup of the directory `cgroup_dir` from its first instruction. ENOSYS
+// where this build or this kernel cannot (not x86-64; Linux < 5.7: EINVAL or E2BIG, reported
+// as ENOSYS too); any other error is the cgroup's (EBUSY, EACCES, EOPNOTSUPP...).
+inline launched clone3_vfork_into(int (*fn)(void*), void* arg, char* stack_top, int cgroup_dir) noexcept {
+#if defined(__x86_64__)
+  int pidfd = -1;
+  clone3_args args{};
+  args.flags = CLONE_VM | CLONE_VFORK | CLONE_PIDFD | clone_into_cgroup;
+  args.pidfd = reinterpret_cast<std::uint64_t>(&pidfd);
+  args.stack = reinterpret_cast<std::uint64_t>(stack_top - child_stacks::stack_size);
+  args.stack_size = child_stacks::stack_size;
+  args.cgroup = static_cast<std::uint64_t>(cgroup_dir);
+  long r;
+  {
+    all_signals_blocked blocked;
+    r = clone3_with_stack(args, fn, arg);
+  }
+  if (r == -ENOSYS || r == -EINVAL || r == -E2BIG) return {-1, -1, ENOSYS};
+  if (r < 0) return {-1, -1, static_cast<int>(-r)};
+  return {pidfd, static_cast<pid_t>(r), 0};
+#else
+  static_cast<void>(fn), static_cast<void>(arg), static_cast<void>(stack_top), static_cast<void>(cgroup_dir);
+  return {-1, -1, ENOSYS};
+#endif
+}
+
 // The failed call, for messages: ENOSYS from clone_vfork means no CLONE_PIDFD.
 inline const char* clone_call(int err) noexcept {
   return err == ENOSYS ? "clone(CLONE_PIDFD) (pidring needs Linux 5.3 or newer)" : "clone";
 }
 
-// Starts a child that runs child_exec(plan): the plan's error says whether it exec'd.
-inline launched launch_exec(launch_plan& plan) {
+// Starts a child that runs child_exec(plan): the plan's error says whether it exec'd. Given a
+// cgroup directory's fd, by clone3(CLONE_INTO_CGROUP): ENOSYS where that is not possible (and
+// kernel_features learns it).
+inline launched launch_exec(launch_plan& plan, int cgroup_dir = -1) {
   child_stacks& stacks = child_stacks::for_this_thread();
   plan.error = launch_not_started;
-  return clone_vfork(&child_exec_entry, &plan, stacks.top(0));
+  if (cgroup_dir < 0) return clone_vfork(&child_exec_entry, &plan, stacks.top(0));
+  const launched l = clone3_vfork_into(&child_exec_entry, &plan, stacks.top(0), cgroup_dir);
+  if (l.error == ENOSYS) kernel().clone_into_cgroup = false;
+  return l;
 }
 
 // Reaps a child that is known to have exited (or to be about to) and gives its wait status.
