@@ -8,6 +8,7 @@
 #include <pidring/error.hpp>
 #include <pidring/exit_status.hpp>
 #include <pidring/io_context.hpp>
+#include <pidring/pipeline.hpp>
 #include <pidring/pipe.hpp>
 #include <pidring/poll_fd.hpp>
 #include <pidring/resource_usage.hpp>
