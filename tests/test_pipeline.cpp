@@ -10,6 +10,9 @@
 #include <catch2/generators/catch_generators.hpp>
 #include <catch2/matchers/catch_matchers_string.hpp>
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <csignal>
 #include <chrono>
 #include <string>
@@ -176,4 +179,25 @@ TEST_CASE("pipeline: one stage is run(); an empty list is refused", "[pipeline][
     CHECK(e.code() == std::errc::invalid_argument);
   }
   CHECK_FALSE(pidring::pipeline_result{}.success());
+}
+
+TEST_CASE("pipeline: spawn.in and spawn.out are the shell's < file and > file", "[pipeline]") {
+  pidring::io_context io(test_util::wait_paths());
+  test_util::temp_dir dir;
+  test_util::write_file(dir.path() / "in", "b\na\nc\n");
+  const int in = ::open((dir.path() / "in").c_str(), O_RDONLY | O_CLOEXEC);
+  const int out = ::open((dir.path() / "out").c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  REQUIRE(in >= 0);
+  REQUIRE(out >= 0);
+  const std::vector<pidring::command> stages{pidring::command{"sort"}, pidring::command{"tr", "a-z", "A-Z"}};
+  pidring::run_options o;
+  o.spawn.in = pidring::stdio::fd(in);
+  o.spawn.out = pidring::stdio::fd(out);
+  o.capture_out = false;
+  const pidring::pipeline_result r = io.run(pipeline_task(io, stages, o));
+  ::close(in);
+  ::close(out);
+  CHECK(r.success());
+  CHECK(r.out.empty());
+  CHECK(test_util::read_file(dir.path() / "out") == "A\nB\nC\n");
 }
