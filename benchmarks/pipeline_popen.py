@@ -1,0 +1,38 @@
+#!/usr/bin/python3
+"""cat | cat | cat as a subprocess.Popen chain, the way the Python documentation shows it
+("Replacing shell pipeline"): MIB MiB written to the first stage's stdin from a thread, the last
+stage's stdout read to its end, every stage waited for. Prints the seconds taken (building the
+input is not timed)."""
+import subprocess
+import sys
+import threading
+import time
+
+mib = int(sys.argv[1]) if len(sys.argv) > 1 else 256
+stages = int(sys.argv[2]) if len(sys.argv) > 2 else 3
+data = b"x" * (mib << 20)
+t0 = time.perf_counter()
+procs = [subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)]
+for _ in range(stages - 1):
+    p = subprocess.Popen(["cat"], stdin=procs[-1].stdout, stdout=subprocess.PIPE)
+    procs[-1].stdout.close()  # so that the stage before gets SIGPIPE if this one exits
+    procs.append(p)
+
+
+def feed():
+    try:
+        procs[0].stdin.write(data)
+    finally:
+        procs[0].stdin.close()
+
+
+feeder = threading.Thread(target=feed)
+feeder.start()
+out = procs[-1].stdout.read()
+procs[-1].stdout.close()
+feeder.join()
+codes = [p.wait() for p in procs]
+s = time.perf_counter() - t0
+if len(out) != len(data) or any(codes):
+    sys.exit("the chain gave back %d bytes, statuses %s" % (len(out), codes))
+print(f"{s:.6f}")
