@@ -32,15 +32,17 @@
 #include "test_util.hpp"
 #include "tree_util.hpp"
 #include "unprivileged.hpp"
+#include "wait_paths.hpp"
 
 using namespace std::chrono_literals;
 using Catch::Matchers::ContainsSubstring;
 
 namespace {
 
-// A shell that leaves a daemon behind (its own session, so no longer in the shell's group),
-// says so, and waits.
-const pidring::command with_daemon{"sh", "-c", "setsid sleep 100 & sleep 100 & echo started; wait"};
+// A shell that leaves a daemon behind (its own session, so no longer in the shell's group) and
+// waits. The daemon says "started" once it has left the group: a kill of the group before
+// that would still reach it.
+const pidring::command with_daemon{"sh", "-c", "setsid sh -c 'echo started; exec sleep 100' & sleep 100 & wait"};
 
 pidring::task<std::optional<std::string>> first_line_of(pidring::child& c) { co_return co_await c.out().read_line(); }
 
@@ -202,7 +204,7 @@ TEST_CASE("cgroup: kill() catches setsid daemons that escaped the group; empty()
   INFO((old_kernel ? "freeze + SIGKILL each (Linux < 5.14)" : "cgroup.kill"));
   std::optional<test_util::without_feature> old;
   if (old_kernel) old.emplace(pidring::detail::kernel().cgroup_kill);
-  pidring::io_context io;
+  pidring::io_context io(test_util::wait_paths());
   test_util::tree_witness tree;
   {
     auto cg = pidring::cgroup::create(io, {}, place.dir());
@@ -289,7 +291,7 @@ TEST_CASE("cgroup: run()'s timeout and shutdown() of a child in a cgroup end the
           "[cgroup][run]") {
   test_util::cgroup_place place;
   if (!place.usable()) SKIP(place.why());
-  pidring::io_context io;
+  pidring::io_context io(test_util::wait_paths());
   test_util::tree_witness tree;
   {
     auto cg = pidring::cgroup::create(io, {}, place.dir());
