@@ -12,7 +12,8 @@ round started at:
   pipeline  `cat | cat | cat` moving M MiB (default 256)
             - from memory into memory: run_pipeline with run_options::input and capture (on
               io_uring and on epoll) vs a subprocess.Popen chain fed by a thread and read to its
-              end (benchmarks/pipeline_popen.py, timed inside Python);
+              end, and vs subprocess.run("cat | cat | cat", shell=True, input=...) (both
+              benchmarks/pipeline_popen.py, timed inside Python);
             - from a file into a file (both on /dev/shm): `bench_pipeline M 3 IN OUT`
               (spawn.in/spawn.out are the shell's < and >) vs `bash -c 'cat | cat | cat' <IN >OUT`,
               both timed from outside as the whole command's wall time.
@@ -118,8 +119,9 @@ def main():
             "pidring io_uring, memory->memory": lambda: printed([pl, m, "3"], env_with("io_uring")),
             "pidring epoll, memory->memory": lambda: printed([pl, m, "3"], env_with("epoll")),
             "Python Popen chain, memory->memory": lambda: printed(["/usr/bin/python3", os.path.join(here, "pipeline_popen.py"), m, "3"]),
-            "pidring io_uring, file->file": lambda: wall([pl, m, "3", src, dst], env=env_with("io_uring")),
-            "pidring epoll, file->file": lambda: wall([pl, m, "3", src, dst], env=env_with("epoll")),
+            "Python run(shell=True), memory->memory": lambda: printed(["/usr/bin/python3", os.path.join(here, "pipeline_popen.py"), m, "3", "shell"]),
+            "pidring io_uring, file->file": lambda: wall([pl, m, "3", src, dst], stdout=subprocess.DEVNULL, env=env_with("io_uring")),
+            "pidring epoll, file->file": lambda: wall([pl, m, "3", src, dst], stdout=subprocess.DEVNULL, env=env_with("epoll")),
             "bash, file->file": bash_file,
         }
         loads = []
@@ -130,6 +132,8 @@ def main():
         med = {n: statistics.median(v) for n, v in got.items()}
         print(f"  pidring vs Python (memory->memory): {med['Python Popen chain, memory->memory'] / med['pidring io_uring, memory->memory']:.2f}x io_uring, "
               f"{med['Python Popen chain, memory->memory'] / med['pidring epoll, memory->memory']:.2f}x epoll (target >= 1.5x)")
+        print(f"  pidring vs Python run('cat | cat | cat', shell=True): {med['Python run(shell=True), memory->memory'] / med['pidring io_uring, memory->memory']:.2f}x io_uring, "
+              f"{med['Python run(shell=True), memory->memory'] / med['pidring epoll, memory->memory']:.2f}x epoll")
         print(f"  pidring vs bash (file->file):       {med['bash, file->file'] / med['pidring io_uring, file->file']:.2f}x io_uring, "
               f"{med['bash, file->file'] / med['pidring epoll, file->file']:.2f}x epoll (target >= 1.0x)")
 
