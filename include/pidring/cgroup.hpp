@@ -47,6 +47,7 @@ class cgroup {
   /// process's own cgroup (from /proc/self/cgroup and the cgroup2 mount). Throws
   /// pidring::error (operation "cgroup") that says why where there is no cgroup v2 hierarchy
   /// (a cgroup v1 host), where the parent is not one, or where the caller may not write it.
+  template <class = void>
   static cgroup create(io_context& io, std::string_view name = {}, std::filesystem::path parent = {}) {
     if (parent.empty()) {
       std::string why;
@@ -85,7 +86,8 @@ class cgroup {
       fail(err, "open");
     }
     return cgroup(io, std::make_shared<detail::cgroup_state>(path, std::move(parent_fd), std::move(dir_name),
-                                                             std::move(dir), st.st_ino));
+                                                             std::move(dir), st.st_ino),
+                  &detail::remove_in_background<>);
   }
 
   /// Moves the directory's ownership; `o` becomes empty.
@@ -97,6 +99,7 @@ class cgroup {
       state_ = std::move(o.state_);
       io_ = o.io_;
       io_alive_ = std::move(o.io_alive_);
+      remove_later_ = o.remove_later_;
     }
     return *this;
   }
@@ -144,8 +147,12 @@ class cgroup {
   resource_usage usage() const { return state("usage").usage(); }
 
  private:
-  cgroup(io_context& io, std::shared_ptr<detail::cgroup_state> s)
-      : state_(std::move(s)), io_(&io), io_alive_(detail::loop_of(io).lifetime()) {}
+  // Made only by create(), a template like every coroutine it leads to: the background removal
+  // is reached through remove_later_, so that a program that includes this header and makes
+  // no cgroup compiles none of it.
+  using remove_later_fn = detail::detached (*)(io_context*, std::shared_ptr<detail::cgroup_state>);
+  cgroup(io_context& io, std::shared_ptr<detail::cgroup_state> s, remove_later_fn remove_later)
+      : state_(std::move(s)), io_(&io), io_alive_(detail::loop_of(io).lifetime()), remove_later_(remove_later) {}
 
   detail::cgroup_state& state(const char* what) const { return *state_ptr(what); }
   const std::shared_ptr<detail::cgroup_state>& state_ptr(const char* what) const {
@@ -167,7 +174,7 @@ class cgroup {
     }
     if (s->remove() == 0) return;
     if (!io_alive_.expired())
-      detail::remove_in_background<>(io_, std::move(s));
+      remove_later_(io_, std::move(s));
     else
       detail::remove_when_empty(*s, std::chrono::seconds(1));
   }
@@ -177,6 +184,7 @@ class cgroup {
   std::shared_ptr<detail::cgroup_state> state_;
   io_context* io_ = nullptr;
   std::weak_ptr<int> io_alive_;
+  remove_later_fn remove_later_ = nullptr;
 };
 
 namespace detail {
