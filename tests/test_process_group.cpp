@@ -60,7 +60,7 @@ TEST_CASE("groups: signal_group(SIGKILL) ends sh -c 'sleep 100 & sleep 100 & wai
 }
 
 TEST_CASE("groups: run()'s timeout kills the whole group of a child that leads one", "[process][group][run]") {
-  pidring::io_context io;
+  pidring::io_context io(test_util::wait_paths());
   test_util::tree_witness tree;
   pidring::run_options o;
   o.timeout = 200ms;
@@ -75,7 +75,7 @@ TEST_CASE("groups: run()'s timeout kills the whole group of a child that leads o
 
 TEST_CASE("groups: run(sh -c 'sleep 100 & exit') of a group leader returns at once and leaves nothing running",
           "[process][group][run]") {
-  pidring::io_context io;
+  pidring::io_context io(test_util::wait_paths());
   test_util::tree_witness tree;
   pidring::command sh{"sh", "-c", "sleep 100 & exit 3"};
   pidring::run_options o;
