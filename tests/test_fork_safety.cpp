@@ -455,17 +455,45 @@ TEST_CASE("safety: a program starts with exec's dispositions: ignored signals st
   safety::require_ok(r);
 }
 
-TEST_CASE("safety: inside io_context::run a program's SIGPIPE is neither blocked nor ignored, unless the caller ignored it before run()",
+TEST_CASE("safety: inside io_context::run a program's SIGPIPE is neither blocked nor ignored, even where the caller ignores it, unless keep_sigpipe_ignored",
           "[safety][signals]") {
   const bool ignored_before = GENERATE(false, true);
-  INFO("SIGPIPE " << (ignored_before ? "ignored" : "at SIG_DFL") << " in the caller before run()");
-  const auto r = safety::run_watched([ignored_before] {
+  const bool keep = GENERATE(false, true);
+  INFO("SIGPIPE " << (ignored_before ? "ignored" : "at SIG_DFL") << " in the caller before run(); keep_sigpipe_ignored "
+                  << keep);
+  const auto r = safety::run_watched([ignored_before, keep] {
     set_disposition(SIGPIPE, ignored_before ? SIG_IGN : SIG_DFL);
-    const std::string status = program_status_inside_run();
+    pidring::spawn_options o;
+    o.keep_sigpipe_ignored = keep;
+    const std::string status = program_status_inside_run(o);
     expect(!safety::status_mask_has(status, "SigBlk", SIGPIPE),
            "SIGPIPE is not blocked in the program (run() blocks it on the ring's thread only)" + safety::signal_lines(status));
-    expect(safety::status_mask_has(status, "SigIgn", SIGPIPE) == ignored_before,
-           std::string("SIGPIPE is ") + (ignored_before ? "ignored" : "not ignored") + " in the program" + safety::signal_lines(status));
+    const bool ignored = ignored_before && keep;
+    expect(safety::status_mask_has(status, "SigIgn", SIGPIPE) == ignored,
+           std::string("SIGPIPE is ") + (ignored ? "ignored" : "not ignored") + " in the program" + safety::signal_lines(status));
+  });
+  safety::require_ok(r);
+}
+
+TEST_CASE("safety: where the caller ignores SIGPIPE, `yes | head -1` in a program ends (yes dies of SIGPIPE), while a callable keeps SIGPIPE ignored",
+          "[safety][signals]") {
+  const auto r = safety::run_watched([] {
+    set_disposition(SIGPIPE, SIG_IGN);
+    set_disposition(SIGHUP, SIG_IGN);
+    pidring::io_context io;
+    // The shell reports its pipeline's first stage: 141 is 128 + SIGPIPE.
+    pidring::command yes_head{"bash", "-c", "yes | head -1; echo ${PIPESTATUS[0]}; kill -HUP $$; echo alive"};
+    auto t = [&]() -> pidring::task<pidring::completed> { co_return co_await pidring::run(io, yes_head); };
+    const pidring::completed c = io.run(t());
+    expect(c.status.success() && c.out == "y\n141\nalive\n",
+           "yes dies of SIGPIPE, SIGHUP stays ignored; got " + c.status.to_string() + ", out '" + c.out + "'");
+    auto callable = pidring::spawn(io, [] {
+      ::raise(SIGPIPE);
+      return 7;
+    });
+    auto w = [&]() -> pidring::task<pidring::exit_status> { co_return co_await callable.wait(); };
+    const pidring::exit_status st = io.run(w());
+    expect(st.code() == 7, "the callable survives its own SIGPIPE; got " + st.to_string());
   });
   safety::require_ok(r);
 }

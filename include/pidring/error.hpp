@@ -27,7 +27,8 @@ struct error_access;
 /// - **spawning** (spawn, spawn_daemon, run, run_pipeline): "spawn" (the arguments or options
 ///   were refused before any child existed), "exec" (the program could not be started: path()
 ///   is argv[0] as given), "chdir", "clone", "fork", "pipe", "open", "setsid", "setpgid",
-///   "setgroups", "setresgid", "setresuid", "umask", "setrlimit", "prctl", "cgroup";
+///   "setgroups", "setresgid", "setresuid", "umask", "setrlimit", "prctl", "cgroup",
+///   "sigaction", "dup2", "close_range" (the child's set-up steps);
 /// - **children**: "wait", "signal";
 /// - **pipes**: "read", "write";
 /// - **the context**: "io_context", "sleep_for", "poll_fd", "this_process";

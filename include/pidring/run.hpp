@@ -4,6 +4,7 @@
 
 #include <pidring/child.hpp>
 #include <pidring/io_context.hpp>
+#include <pidring/resource_usage.hpp>
 #include <pidring/spawn.hpp>
 #include <pidring/task.hpp>
 
@@ -42,6 +43,8 @@ struct completed {
   std::string err{};
   /// True if run_options::timeout fired and the child was killed.
   bool timed_out = false;
+  /// The CPU time and peak memory the child used (see child::usage()).
+  std::optional<resource_usage> usage{};
 };
 
 namespace detail {
@@ -72,21 +75,24 @@ task<void> run_drain(pipe_reader& r, std::string& out, std::size_t expected, std
   if (--open_pipes == 0) all_drained.request_stop();
 }
 
-// The exit is taken from the pidfd, not from pipe EOF; then the pipes get a bounded drain.
+// The exit is taken from the pidfd, not from pipe EOF; then the pipes get a bounded drain. A
+// child that owns a tree (it leads its group) takes the tree with it: on the timeout the whole
+// group is killed, and when the child has ended, whatever is left of its group, before the reap
+// frees the group's id. Its pipes then end at once instead of after the drain's grace.
 template <class = void>
-task<void> run_wait(io_context& io, child& c, std::optional<std::chrono::nanoseconds> timeout,
+task<void> run_wait(io_context& io, const child& c, std::optional<std::chrono::nanoseconds> timeout,
                     completed& result, std::stop_source& stop_io, std::stop_token all_drained) {
-  std::optional<exit_status> st;
-  if (timeout)
-    st = co_await c.wait_for(*timeout);
-  else
-    st = co_await c.wait();
+  const std::shared_ptr<process_state> s = child_access::state(c);
+  std::optional<exit_status> st = co_await wait_until(s, {}, timeout, false);
   if (!st) {
-    c.kill(SIGKILL);
+    s->signal_tree(SIGKILL);
+    s->killed = true;
     result.timed_out = true;
-    st = co_await c.wait();
+    st = co_await wait_until(s, {}, std::nullopt, false);
   }
-  result.status = *st;
+  if (s->owns_tree()) s->signal_tree(SIGKILL);
+  result.status = *s->reap_now();
+  result.usage = s->usage;
   co_await sleep_for(io, run_drain_grace, all_drained);
   stop_io.request_stop();
 }
@@ -126,6 +132,11 @@ task<completed> run_impl(io_context& io, command cmd, run_options o) {
 /// pipe can fill up and deadlock), waits for the exit and gives it all back. The exit is taken
 /// from the pidfd: if a grandchild keeps the pipes open, run() still returns shortly after the
 /// child ends. Failure to start throws as spawn() does. The command and options are copied.
+///
+/// A child that leads its own process group (spawn.process_group = 0, or spawn.new_session)
+/// takes its group with it: the timeout kills the whole group, and when the child ends, what is
+/// left of its group is killed too, so `sh -c 'sleep 100 & exit'` returns at once and leaves
+/// nothing running.
 ///
 /// g++ 12 miscompiles aggregate temporaries inside a co_await expression (such as
 /// `co_await run(io, cmd, {.input = "x"})`): name the options first on that compiler.

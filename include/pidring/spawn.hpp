@@ -3,13 +3,16 @@
 /// Starting children: command, stdio, spawn_options, spawn() for programs and callables,
 /// spawn_daemon() (the classic double fork).
 
+#include <pidring/cgroup.hpp>
 #include <pidring/child.hpp>
+#include <pidring/detail/credentials.hpp>
 #include <pidring/detail/launch.hpp>
 #include <pidring/io_context.hpp>
 
 #include <fcntl.h>
 #include <stdio_ext.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -82,6 +85,13 @@ class stdio {
   int fd_;
 };
 
+/// A resource limit the child starts with (setrlimit in the child): `resource` is one of the
+/// RLIMIT_* constants, `soft` and `hard` its new values (RLIM_INFINITY for none).
+struct rlimit_setting {
+  int resource;
+  rlim_t soft, hard;
+};
+
 /// How to start a child.
 struct spawn_options {
   /// Callables: the process name (prctl PR_SET_NAME, 15 bytes), also used in messages.
@@ -116,6 +126,38 @@ struct spawn_options {
   std::optional<std::vector<int>> blocked_signals{};
   /// setsid(): the child leads a new session and process group.
   bool new_session = false;
+  /// setpgid(0, v) in the child: 0 makes it the leader of a new process group (child::
+  /// signal_group(), and run()'s timeout, shutdown() and kill_on_drop then act on the whole
+  /// group), a pgid makes it join that group (of the same session). nullopt: ours.
+  std::optional<pid_t> process_group{};
+  /// The user the child runs as (setresuid, last: after groups and group). Needs privilege
+  /// (CAP_SETUID) unless it is one of ours. As login does, the child also takes this user's
+  /// primary group (unless `group` is set) and its groups from the group database (unless
+  /// `groups` is set), read by the parent, never by the child; a user without a passwd entry
+  /// needs `group`.
+  std::optional<uid_t> user{};
+  /// The group the child runs as (setresgid, after groups). Needs privilege (CAP_SETGID) unless
+  /// it is one of ours.
+  std::optional<gid_t> group{};
+  /// The supplementary groups (setgroups). Needs privilege (CAP_SETGID) unless it is the list
+  /// the child has anyway.
+  std::optional<std::vector<gid_t>> groups{};
+  /// The child's file mode creation mask (umask), e.g. 027.
+  std::optional<mode_t> umask{};
+  /// Resource limits the child starts with (setrlimit, before the user changes: raising a hard
+  /// limit needs privilege).
+  std::vector<rlimit_setting> rlimits{};
+  /// Start inside this cgroup (which must outlive the spawn): a program by clone3
+  /// CLONE_INTO_CGROUP (Linux 5.7, x86-64), so it is in the cgroup from its first instruction;
+  /// elsewhere, and for callables, the child moves itself in (writes cgroup.procs) before any
+  /// other step of its set-up. The child's shutdown(), kill_on_drop and run()'s timeout then
+  /// kill the whole cgroup.
+  pidring::cgroup* cgroup = nullptr;
+  /// Programs start with SIGPIPE at SIG_DFL even where this process ignores it (as Python's
+  /// subprocess and Rust's Command start them): `yes | head` and a shell's own pipelines need the
+  /// signal to end. Every other ignored signal stays ignored (nohup), and callables keep every
+  /// disposition, as after fork(). true: the program inherits an ignored SIGPIPE.
+  bool keep_sigpipe_ignored = false;
   /// ~child() of a running child sends SIGKILL.
   bool kill_on_drop = false;
   /// Callables: allow fork() in a multi-threaded process (see spawn()).
@@ -149,37 +191,35 @@ struct launch_fds {
 
   // Checks every fd number the caller gave before creating anything: a closed number that
   // pipe2() or open() below reused would otherwise pass, and the child would get the wrong file.
-  static void validate(const stdio* s, const spawn_options& o, const std::string& who) {
+  static void validate(const stdio* s, const spawn_options& o, const spawn_subject& who) {
     for (int t = 0; t < 3; ++t) {
       if (s[t].what() == stdio::kind::fd && ::fcntl(s[t].number(), F_GETFD) < 0)
-        throw_errno(EBADF, "spawn " + who + ": stdio::fd(" + std::to_string(s[t].number()) +
-                               ") for " + stdio_name(t) + " is not an open fd");
+        who.fail(EBADF, "spawn", "stdio::fd(" + std::to_string(s[t].number()) + ") for " +
+                                     stdio_name(t) + " is not an open fd");
       if (s[t].what() == stdio::kind::to_stdout && t != 2)
-        throw_errno(EINVAL, "spawn " + who + ": stdio::to_stdout() is only for err");
+        who.fail(EINVAL, "spawn", "stdio::to_stdout() is only for err");
     }
     for (int fd : o.pass_fds) {
       if (fd < 0 || ::fcntl(fd, F_GETFD) < 0)
-        throw_errno(EBADF, "spawn " + who + ": pass_fds entry " + std::to_string(fd) +
-                               " is not an open fd");
+        who.fail(EBADF, "spawn", "pass_fds entry " + std::to_string(fd) + " is not an open fd");
       // fds 0-2 are kept where they are; one that stdio replaces cannot also be passed.
       if (fd < 3 && s[fd].what() != stdio::kind::inherit)
-        throw_errno(EINVAL, "spawn " + who + ": pass_fds entry " + std::to_string(fd) +
-                                " is the child's " + stdio_name(fd) +
-                                ", which the spawn_options also redirect; keep stdio::inherit() "
-                                "for it or pass the fd under another number");
+        who.fail(EINVAL, "spawn",
+                 "pass_fds entry " + std::to_string(fd) + " is the child's " + stdio_name(fd) +
+                     ", which the spawn_options also redirect; keep stdio::inherit() "
+                     "for it or pass the fd under another number");
     }
     for (int sig : o.default_signals)
       if (sig < 1 || sig > 64 || sig == SIGKILL || sig == SIGSTOP)
-        throw_errno(EINVAL, "spawn " + who + ": default_signals entry " + std::to_string(sig) +
-                                " is not a signal whose disposition can be set");
+        who.fail(EINVAL, "spawn", "default_signals entry " + std::to_string(sig) +
+                                      " is not a signal whose disposition can be set");
     if (o.blocked_signals)
       for (int sig : *o.blocked_signals)
         if (sig < 1 || sig > 64)
-          throw_errno(EINVAL, "spawn " + who + ": blocked_signals entry " + std::to_string(sig) +
-                                  " is not a signal");
+          who.fail(EINVAL, "spawn", "blocked_signals entry " + std::to_string(sig) + " is not a signal");
     if (o.parent_death_signal < 0 || o.parent_death_signal > 64)
-      throw_errno(EINVAL, "spawn " + who + ": parent_death_signal " +
-                              std::to_string(o.parent_death_signal) + " is not a signal");
+      who.fail(EINVAL, "spawn", "parent_death_signal " + std::to_string(o.parent_death_signal) +
+                                    " is not a signal");
   }
 
   // A pipe or FIFO marked O_NONBLOCK (every pidring pipe end on the epoll backend) would pass
@@ -202,20 +242,20 @@ struct launch_fds {
     return again;
   }
 
-  void setup(const stdio* s, launch_plan& plan, const std::string& who) {
+  void setup(const stdio* s, launch_plan& plan, const spawn_subject& who) {
     for (int t = 0; t < 3; ++t) {
       switch (s[t].what()) {
         case stdio::kind::inherit: break;
         case stdio::kind::null:
           if (!null) {
             null.reset(::open("/dev/null", O_RDWR | O_CLOEXEC | O_NOCTTY));
-            if (!null) throw_errno(errno, "spawn " + who + ": open '/dev/null'");
+            if (!null) who.fail(errno, "open", "open '/dev/null'");
           }
           plan.stdio_src[t] = null.get();
           break;
         case stdio::kind::pipe: {
           int p[2];
-          if (::pipe2(p, O_CLOEXEC) != 0) throw_errno(errno, "spawn " + who + ": pipe2");
+          if (::pipe2(p, O_CLOEXEC) != 0) who.fail(errno, "pipe", "pipe2");
           child_end[t].reset(t == 0 ? p[0] : p[1]);
           parent_end[t].reset(t == 0 ? p[1] : p[0]);
           plan.stdio_src[t] = child_end[t].get();
@@ -231,13 +271,136 @@ struct launch_fds {
   }
 };
 
-// Fills in what every launch shares: stdio, fds to keep, session, death signal, signals. The
-// child's signal mask is the calling thread's, less the SIGPIPE block that run() adds on the
-// ring's thread (pidring undoes only what it changed itself).
+// The process group, limits and identity a launch asks for, checked and resolved in the parent;
+// the plan points into this.
+struct launch_identity {
+  child_credentials credentials;
+  std::vector<child_rlimit> rlimits;
+  std::shared_ptr<cgroup_state> cgroup;
+  unique_fd cgroup_procs;  // where the child moves itself in when clone3 cannot start it there
+
+  // Whether the child has a step the parent cannot check for it (a forked callable must then
+  // report how its set-up went).
+  bool fallible = false;
+
+  void prepare(const spawn_options& o, launch_plan& plan, const spawn_subject& who) {
+    if (o.cgroup) {
+      cgroup = cgroup_access::state(*o.cgroup);
+      fallible = true;
+    }
+    if (o.process_group) {
+      if (*o.process_group < 0)
+        who.fail(EINVAL, "spawn", "process_group " + std::to_string(*o.process_group) +
+                                      " is not a process group (0: a new one)");
+      if (o.new_session)
+        who.fail(EINVAL, "spawn", "process_group and new_session together: setsid() already makes "
+                                  "the child lead a new process group");
+      plan.process_group = *o.process_group;
+      fallible = true;
+    }
+    for (const rlimit_setting& l : o.rlimits) {
+      if (l.resource < 0 || l.resource >= RLIMIT_NLIMITS)
+        who.fail(EINVAL, "spawn", "rlimits: " + std::to_string(l.resource) + " is not a resource");
+      if (l.soft > l.hard)
+        who.fail(EINVAL, "spawn", "rlimits: " + rlimit_name(l.resource) + " soft limit " +
+                                      std::to_string(l.soft) + " above its hard limit " +
+                                      std::to_string(l.hard));
+      rlimits.push_back({l.resource, l.soft, l.hard});
+    }
+    plan.rlimits = rlimits.data();
+    plan.rlimit_count = rlimits.size();
+    if (o.umask) {
+      if (*o.umask > 0777)
+        who.fail(EINVAL, "spawn", "umask " + std::to_string(*o.umask) + " is not a mode (0-0777)");
+      plan.umask = static_cast<int>(*o.umask);
+    }
+    credentials = resolve_credentials(o.user, o.group, o.groups,
+                                      [&](int err, const std::string& what) { who.fail(err, "spawn", what); });
+    plan.set_groups = credentials.set_groups;
+    plan.groups = credentials.groups.data();
+    plan.group_count = credentials.groups.size();
+    plan.set_gid = credentials.gid.has_value();
+    plan.gid = credentials.gid.value_or(0);
+    plan.set_uid = credentials.uid.has_value();
+    plan.uid = credentials.uid.value_or(0);
+    fallible = fallible || !rlimits.empty() || plan.set_groups || plan.set_gid || plan.set_uid;
+  }
+
+  // For a child that moves itself into the cgroup (opened now: an error is the parent's).
+  void open_cgroup_procs(launch_plan& plan, const spawn_subject& who) {
+    cgroup_procs = cgroup->open_file("cgroup.procs", O_WRONLY);
+    if (!cgroup_procs) who.fail(errno, "cgroup", "open cgroup.procs of " + quoted(cgroup->path().string()));
+    plan.cgroup_procs_fd = cgroup_procs.get();
+  }
+
+  // Starts a program's child (see launch_exec): in a cgroup by clone3 where the kernel can, else
+  // as a child that moves itself in. A clone3 that the cgroup refuses is an error of the
+  // cgroup. Throws if no child was started.
+  launched launch_program(launch_plan& plan, const spawn_subject& who) {
+    if (cgroup && kernel().clone_into_cgroup && cgroup->clone_into_usable()) {
+      const launched l = launch_exec(plan, cgroup->dir_fd());
+      if (l.error == 0 && !killed_before_exec(plan, l)) return l;
+      if (l.error != 0 && l.error != ENOSYS)
+        who.fail(l.error, "cgroup", "clone3 into the cgroup " + quoted(cgroup->path().string()));
+    }
+    if (cgroup && !cgroup_procs) open_cgroup_procs(plan, who);
+    const launched l = launch_exec(plan);
+    if (l.error) who.fail(l.error, "clone", clone_call(l.error));
+    return l;
+  }
+
+  // A child started by clone3 into the cgroup that SIGKILL ended before it could do anything
+  // (see cgroup_state::clone_into_usable): reaped, and the cgroup's spawns go the other way.
+  bool killed_before_exec(const launch_plan& plan, const launched& l) {
+    if (plan.error != launch_not_started) return false;
+    siginfo_t info;
+    if (sys_waitid_pidfd(l.pidfd, info, WEXITED | WNOHANG | WNOWAIT) != 0 || info.si_code != CLD_KILLED ||
+        info.si_status != SIGKILL)
+      return false;
+    reap_exited(l.pidfd);
+    ::close(l.pidfd);
+    cgroup->clone_into_refused();
+    return true;
+  }
+
+  // The value a failed step was about, for its message: "setresuid 65534".
+  std::string describe(const launch_plan& plan) const {
+    const long v = plan.failed_value;
+    switch (plan.failed_step) {
+      case launch_step::cgroup: return " " + quoted(cgroup ? cgroup->path().string() : std::string());
+      case launch_step::setpgid:
+      case launch_step::setresgid:
+      case launch_step::setresuid: return " " + std::to_string(v);
+      case launch_step::setrlimit: return " " + rlimit_name(static_cast<int>(v));
+      case launch_step::setgroups: {
+        std::string list;
+        for (gid_t g : credentials.groups) list += (list.empty() ? "" : ", ") + std::to_string(g);
+        return " [" + list + "]";
+      }
+      default: return {};
+    }
+  }
+
+  static std::string rlimit_name(int resource) {
+    static const char* const names[] = {"RLIMIT_CPU",     "RLIMIT_FSIZE",   "RLIMIT_DATA",
+                                        "RLIMIT_STACK",   "RLIMIT_CORE",    "RLIMIT_RSS",
+                                        "RLIMIT_NPROC",   "RLIMIT_NOFILE",  "RLIMIT_MEMLOCK",
+                                        "RLIMIT_AS",      "RLIMIT_LOCKS",   "RLIMIT_SIGPENDING",
+                                        "RLIMIT_MSGQUEUE", "RLIMIT_NICE",   "RLIMIT_RTPRIO",
+                                        "RLIMIT_RTTIME"};
+    if (resource >= 0 && resource < static_cast<int>(std::size(names))) return names[resource];
+    return "resource " + std::to_string(resource);
+  }
+};
+
+// Fills in what every launch shares: stdio, fds to keep, session, process group, identity,
+// limits, death signal, signals. The child's signal mask is the calling thread's, less the
+// SIGPIPE block that run() adds on the ring's thread (pidring undoes only what it changed itself).
 inline void prepare_launch(launch_plan& plan, const spawn_options& o, launch_fds& fds,
-                           const std::string& who) {
+                           launch_identity& identity, const spawn_subject& who) {
   const stdio targets[3] = {o.in, o.out, o.err};
   launch_fds::validate(targets, o, who);
+  identity.prepare(o, plan, who);
   fds.setup(targets, plan, who);
   for (int fd : o.pass_fds)
     if (fd >= 3) fds.keep.push_back(fd);
@@ -271,15 +434,12 @@ struct exec_image {
   std::string cwd;
   std::string path_searched;  // for the "not found" message
 
-  exec_image(const command& cmd, const spawn_options& o, launch_plan& plan) {
+  exec_image(const command& cmd, const spawn_options& o, launch_plan& plan, const spawn_subject& who) {
     const auto& args = cmd.argv();
-    if (args.empty()) throw_errno(EINVAL, "spawn: empty command (no program name)");
-    const std::string who = quoted(printable(args[0]));
-    if (args[0].empty()) throw_errno(ENOENT, "spawn '': empty program name");
+    if (args[0].empty()) who.fail(ENOENT, "exec", "empty program name");
     for (std::size_t i = 0; i < args.size(); ++i) {
       if (args[i].find('\0') != std::string::npos)
-        throw_errno(EINVAL, "spawn " + who + ": argument " + std::to_string(i) +
-                                " contains a NUL byte");
+        who.fail(EINVAL, "spawn", "argument " + std::to_string(i) + " contains a NUL byte");
       argv.push_back(const_cast<char*>(args[i].c_str()));
     }
     argv.push_back(nullptr);
@@ -288,8 +448,7 @@ struct exec_image {
       for (std::size_t i = 0; i < o.env->size(); ++i) {
         const std::string& e = (*o.env)[i];
         if (e.find('\0') != std::string::npos)
-          throw_errno(EINVAL, "spawn " + who + ": environment entry " + std::to_string(i) +
-                                  " contains a NUL byte");
+          who.fail(EINVAL, "spawn", "environment entry " + std::to_string(i) + " contains a NUL byte");
         if (e.rfind("PATH=", 0) == 0) path_env = e.c_str() + 5;
         envp.push_back(const_cast<char*>(e.c_str()));
       }
@@ -301,8 +460,7 @@ struct exec_image {
     }
     if (o.cwd) {
       cwd = o.cwd->string();
-      if (cwd.find('\0') != std::string::npos)
-        throw_errno(EINVAL, "spawn " + who + ": cwd contains a NUL byte");
+      if (cwd.find('\0') != std::string::npos) who.fail(EINVAL, "spawn", "cwd contains a NUL byte");
       plan.cwd = cwd.c_str();
     }
     // The PATH of the child's environment decides, as for execvpe.
@@ -327,48 +485,60 @@ struct exec_image {
     plan.argv = argv.data();
   }
 
-  // `op` names the call and program: "spawn 'ls'".
-  [[noreturn]] void throw_failure(const launch_plan& plan, const std::string& op) const {
-    std::string what = op + ": ";
+  [[noreturn]] void throw_failure(const launch_plan& plan, const launch_identity& identity,
+                                  const spawn_subject& who) const {
+    std::string what;
     if (plan.failed_step == launch_step::exec) {
       if (plan.failed_candidate >= 0)
-        what += "execve " + quoted(candidate_paths[static_cast<std::size_t>(plan.failed_candidate)]);
+        what = "execve " + quoted(candidate_paths[static_cast<std::size_t>(plan.failed_candidate)]);
       else
-        what += "not found in PATH (" + path_searched + ")";
+        what = "not found in PATH (" + path_searched + ")";
     } else {
-      what += step_name(plan.failed_step);
+      what = step_name(plan.failed_step);
       if (plan.failed_step == launch_step::chdir) what += " to " + quoted(cwd);
+      what += identity.describe(plan);
     }
-    throw_errno(plan.error, what);
+    who.fail(plan.error, step_operation(plan.failed_step), what);
   }
 };
+
+// "spawn 'ls'" for argv[0] "ls"; an empty command is refused here, before anything else.
+inline spawn_subject program_subject(const char* call, const command& cmd) {
+  if (cmd.argv().empty())
+    throw_error(EINVAL, "spawn", std::string(call) + ": empty command (no program name)");
+  return {std::string(call) + " " + quoted(printable(cmd.argv()[0])), cmd.argv()[0]};
+}
 
 // Everything starting a program needs, prepared in the parent.
 struct program_launch {
   launch_plan plan;  // first: the image below fills it in
+  spawn_subject who;
+  std::string name;  // "'ls'": the child's name in later messages
   exec_image image;
-  std::string who;   // "'ls'", for messages
   launch_fds fds;
+  launch_identity identity;
 
-  program_launch(const command& cmd, const spawn_options& o)
-      : image(cmd, o, plan), who(quoted(printable(cmd.argv()[0]))) {
-    prepare_launch(plan, o, fds, who);
-    plan.reset_handlers = true;  // exec semantics: handlers reset, ignored signals kept
+  program_launch(const command& cmd, const spawn_options& o, const char* call = "spawn")
+      : who(program_subject(call, cmd)), name(quoted(printable(cmd.argv()[0]))), image(cmd, o, plan, who) {
+    prepare_launch(plan, o, fds, identity, who);
+    plan.reset_handlers = true;  // exec semantics: handlers reset, ignored signals kept...
+    if (!o.keep_sigpipe_ignored) plan.default_signals |= signal_bit(SIGPIPE);  // ...but SIGPIPE's
   }
 
   // After the child has run: throws if it did not exec.
-  void check(const launched& l, const std::string& op) const {
+  void check(const launched& l) const {
     if (plan.error == 0) return;
     if (plan.error == launch_not_started)
-      throw_errno(ESRCH, op + ": the child died before exec (" +
-                             exit_status::from_wait_status(reap_exited(l.pidfd)).to_string() + ")");
+      who.fail(ESRCH, "exec", "the child died before exec (" +
+                                  exit_status::from_wait_status(reap_exited(l.pidfd)).to_string() + ")");
     reap_exited(l.pidfd);
-    image.throw_failure(plan, op);
+    image.throw_failure(plan, identity, who);
   }
 };
 
 template <class = void>
-child make_child(io_context& io, launched l, std::string name, const spawn_options& o, launch_fds& fds) {
+child make_child(io_context& io, launched l, std::string name, const spawn_options& o, launch_fds& fds,
+                 std::shared_ptr<cgroup_state> cgroup) {
   auto s = std::make_shared<process_state>();
   s->io = &io;
   s->io_alive = loop_of(io).lifetime();
@@ -376,6 +546,8 @@ child make_child(io_context& io, launched l, std::string name, const spawn_optio
   s->pidfd.reset(l.pidfd);
   s->name = std::move(name);
   s->kill_on_drop = o.kill_on_drop;
+  s->leads_group = o.new_session || (o.process_group && *o.process_group == 0);
+  s->cgroup = std::move(cgroup);
   s->reap_later = &reap_later<>;
   child_parts parts;
   const std::string who = s->describe();
@@ -421,15 +593,14 @@ template <class F>
   ::_exit(code);
 }
 
-inline void refuse_threaded_fork(const spawn_options& o, const std::string& who) {
+inline void refuse_threaded_fork(const spawn_options& o, const spawn_subject& who) {
   if (!o.allow_threaded_fork && other_threads_running())
-    throw_errno(EDEADLK,
-                "spawn " + who +
-                    ": refusing to fork a callable in a multi-threaded process: the child would "
-                    "start with copies of locks other threads hold (your own, or a library's) "
-                    "and can deadlock; spawn a program instead, fork before starting threads, "
-                    "or set spawn_options::allow_threaded_fork if the callable takes no lock "
-                    "another thread may hold");
+    who.fail(EDEADLK, "spawn",
+             "refusing to fork a callable in a multi-threaded process: the child would "
+             "start with copies of locks other threads hold (your own, or a library's) "
+             "and can deadlock; spawn a program instead, fork before starting threads, "
+             "or set spawn_options::allow_threaded_fork if the callable takes no lock "
+             "another thread may hold");
 }
 
 // Everything forking a callable needs, prepared in the parent: a bad cwd is an error of spawn()
@@ -437,31 +608,60 @@ inline void refuse_threaded_fork(const spawn_options& o, const std::string& who)
 struct callable_launch {
   launch_plan plan;
   launch_fds fds;
+  launch_identity identity;
   unique_fd cwd_fd;
-  std::string who;
+  std::string name;  // "'callable'", or the quoted spawn_options::name
+  spawn_subject who;
 
-  callable_launch(const spawn_options& o, const char* op)
-      : who(quoted(o.name.empty() ? std::string("callable") : printable(o.name))) {
-    if (o.name.find('\0') != std::string::npos)
-      throw_errno(EINVAL, std::string(op) + " " + who + ": name contains a NUL byte");
+  callable_launch(const spawn_options& o, const char* call)
+      : name(quoted(o.name.empty() ? std::string("callable") : printable(o.name))),
+        who{std::string(call) + " " + name, {}} {
+    if (o.name.find('\0') != std::string::npos) who.fail(EINVAL, "spawn", "name contains a NUL byte");
     refuse_threaded_fork(o, who);
     if (o.cwd) {
       if (o.cwd->native().find('\0') != std::string::npos)
-        throw_errno(EINVAL, std::string(op) + " " + who + ": cwd contains a NUL byte");
+        who.fail(EINVAL, "spawn", "cwd contains a NUL byte");
       cwd_fd.reset(::open(o.cwd->c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
-      if (!cwd_fd)
-        throw_errno(errno, std::string(op) + " " + who + ": chdir to " + quoted(o.cwd->string()));
+      if (!cwd_fd) who.fail(errno, "chdir", "chdir to " + quoted(o.cwd->string()));
       plan.cwd_fd = cwd_fd.get();
     }
-    prepare_launch(plan, o, fds, who);
+    prepare_launch(plan, o, fds, identity, who);
+    if (identity.cgroup) identity.open_cgroup_procs(plan, who);
   }
 
-  // In the child (a glibc fork() child): set up, name, run f, _exit.
+  // Whether the child must report how its set-up went (see fork_with_pidfd's keep_channel).
+  bool reports() const noexcept { return identity.fallible; }
+
+  // In the child (a glibc fork() child): set up (reporting on `report_fd` if it is one), name,
+  // run f, _exit.
   template <class F>
-  [[noreturn]] void run_child(const spawn_options& o, F& f) noexcept {
-    child_setup(plan, false);  // on failure it exits 127 by itself
+  [[noreturn]] void run_child(const spawn_options& o, F& f, int report_fd) noexcept {
+    plan.report_fd = report_fd;
+    child_setup(plan, false);  // on failure it reports and exits 127 by itself
+    if (report_fd >= 0) {
+      child_report(plan, launch_report{});
+      ::close(report_fd);
+    }
     if (!o.name.empty()) ::prctl(PR_SET_NAME, o.name.c_str(), 0, 0, 0);
     run_callable_child(f);
+  }
+
+  // In the parent: throws what the child reported on `channel` (the child is then reaped).
+  void check_report(int channel, int pidfd) {
+    const launch_report r = read_launch_report(channel);
+    if (r.error == 0) return;
+    const int status = reap_exited(pidfd);
+    if (r.step == launch_step::none)
+      who.fail(ESRCH, "fork", "the child ended before it was set up (" +
+                                  exit_status::from_wait_status(status).to_string() + ")");
+    throw_report(r);
+  }
+
+  // The failed step a child reported.
+  [[noreturn]] void throw_report(const launch_report& r) {
+    plan.failed_step = r.step;
+    plan.failed_value = r.value;
+    who.fail(r.error, step_operation(r.step), std::string(step_name(r.step)) + identity.describe(plan));
   }
 };
 
@@ -469,9 +669,12 @@ template <class F>
 child spawn_callable(io_context& io, const spawn_options& o, F& f) {
   orphans().sweep();
   callable_launch c(o, "spawn");
-  launched l = fork_with_pidfd("spawn " + c.who);
-  if (l.pid == 0) c.run_child(o, f);
-  return make_child(io, l, c.who, o, c.fds);
+  launched l = fork_with_pidfd(c.who, c.reports());
+  if (l.pid == 0) c.run_child(o, f, l.channel);
+  unique_fd pidfd(l.pidfd), channel(l.channel);
+  if (channel) c.check_report(channel.get(), pidfd.get());
+  pidfd.release();
+  return make_child(io, l, c.name, o, c.fds, c.identity.cgroup);
 }
 
 }  // namespace detail
@@ -482,18 +685,18 @@ child spawn_callable(io_context& io, const spawn_options& o, F& f) {
 /// glibc clone(CLONE_VM | CLONE_VFORK | CLONE_PIDFD) + execve: the pidfd exists from the first
 /// instant, and a parent with a large heap spawns as fast as a small one. As with execve and
 /// posix_spawn, the program starts with the caller's signal mask (less run()'s SIGPIPE block),
-/// handled signals back at SIG_DFL and ignored ones still ignored (so `nohup` keeps working);
+/// handled signals back at SIG_DFL and ignored ones still ignored (so `nohup` keeps working),
+/// except SIGPIPE, which starts at SIG_DFL unless spawn_options::keep_sigpipe_ignored;
 /// spawn_options::default_signals resets more.
 template <class = void>
 child spawn(io_context& io, const command& cmd, const spawn_options& o = {}) {
   detail::orphans().sweep();
   detail::program_launch p(cmd, o);
-  detail::launched l = detail::launch_exec(p.plan);
-  if (l.error) detail::throw_errno(l.error, "spawn " + p.who + ": " + detail::clone_call(l.error));
+  detail::launched l = p.identity.launch_program(p.plan, p.who);
   detail::unique_fd owned(l.pidfd);
-  p.check(l, "spawn " + p.who);
+  p.check(l);
   owned.release();
-  return detail::make_child(io, l, p.who, o, p.fds);
+  return detail::make_child(io, l, p.name, o, p.fds, p.identity.cgroup);
 }
 
 /// Runs f(args...) in a forked child (multiprocessing.Process(target=f, args=...)). Its int
@@ -526,7 +729,7 @@ inline spawn_options daemon_options(spawn_options o) {
     if (s->what() == stdio::kind::inherit) *s = stdio::null();
   if (o.in.what() == stdio::kind::pipe || o.out.what() == stdio::kind::pipe ||
       o.err.what() == stdio::kind::pipe)
-    throw_errno(EINVAL, "spawn_daemon: stdio::pipe() needs a child object; use stdio::fd()");
+    throw_error(EINVAL, "spawn", "spawn_daemon: stdio::pipe() needs a child object; use stdio::fd()");
   // The intermediate child calls setsid(); the grandchild must not lead the session (so it can
   // never acquire a controlling terminal), and its parent exits at once, so no death signal.
   o.new_session = false;
@@ -551,28 +754,29 @@ struct daemon_report {
 /// safe in a multi-threaded process.
 inline pid_t spawn_daemon(const command& cmd, const spawn_options& options = {}) {
   spawn_options o = detail::daemon_options(options);
-  detail::program_launch p(cmd, o);
-  const std::string op = "spawn_daemon " + p.who;
+  detail::program_launch p(cmd, o, "spawn_daemon");
+  if (p.identity.cgroup) p.identity.open_cgroup_procs(p.plan, p.who);  // the grandchild moves itself in
   detail::child_stacks stacks(2);
   detail::daemon_launch d;
   d.grandchild = &p.plan;
   d.grandchild_stack = stacks.top(1);
   p.plan.error = detail::launch_not_started;
   detail::launched mid = detail::clone_vfork(&detail::daemon_intermediate_entry, &d, stacks.top(0));
-  if (mid.error) detail::throw_errno(mid.error, op + ": " + detail::clone_call(mid.error));
+  if (mid.error) p.who.fail(mid.error, "clone", detail::clone_call(mid.error));
   detail::reap_exited(mid.pidfd);
   ::close(mid.pidfd);
-  if (!d.finished) detail::throw_errno(ESRCH, op + ": the intermediate child died");
-  if (d.error)
-    detail::throw_errno(d.error, op + (d.failed_step == detail::launch_step::setsid ? ": setsid" : ": clone"));
+  if (!d.finished) p.who.fail(ESRCH, "clone", "the intermediate child died");
+  if (d.error) {
+    const bool setsid = d.failed_step == detail::launch_step::setsid;
+    p.who.fail(d.error, setsid ? "setsid" : "clone", setsid ? "setsid" : "clone");
+  }
   if (p.plan.error != 0) {
     // The grandchild has exited. If we are a subreaper it is our zombie now: reap it (it was
     // re-parented before the intermediate's exit became visible to our wait above).
     siginfo_t info;
     ::waitid(P_PID, static_cast<id_t>(d.pid), &info, WEXITED | WNOHANG | __WALL);
-    if (p.plan.error == detail::launch_not_started)
-      detail::throw_errno(ESRCH, op + ": the daemon died before exec");
-    p.image.throw_failure(p.plan, op);
+    if (p.plan.error == detail::launch_not_started) p.who.fail(ESRCH, "exec", "the daemon died before exec");
+    p.image.throw_failure(p.plan, p.identity, p.who);
   }
   return d.pid;
 }
@@ -585,17 +789,21 @@ template <class F, class... Args>
 pid_t spawn_daemon(const spawn_options& options, F&& f, Args&&... args) {
   spawn_options o = detail::daemon_options(options);
   detail::callable_launch c(o, "spawn_daemon");
-  const std::string op = "spawn_daemon " + c.who;
   auto call = [fn = std::forward<F>(f), ... a = std::forward<Args>(args)]() mutable {
     return std::invoke(fn, a...);
   };
-  int sv[2];
-  if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
-    detail::throw_errno(errno, op + ": socketpair");
+  // Two report sockets: the intermediate child's (the grandchild's pid), and, where a set-up
+  // step can fail, the grandchild's (how its set-up went).
+  int sv[2], gv[2] = {-1, -1};
+  if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) c.who.fail(errno, "pipe", "socketpair");
   detail::unique_fd report_rd(sv[0]), report_wr(sv[1]);
-  detail::launched mid = detail::fork_with_pidfd(op);
+  if (c.reports() && ::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, gv) != 0)
+    c.who.fail(errno, "pipe", "socketpair");
+  detail::unique_fd grand_rd(gv[0]), grand_wr(gv[1]);
+  detail::launched mid = detail::fork_with_pidfd(c.who);
   if (mid.pid == 0) {
     report_rd.reset();
+    grand_rd.reset();
     detail::daemon_report r;
     if (::setsid() < 0) {
       r.error = errno;
@@ -604,7 +812,7 @@ pid_t spawn_daemon(const spawn_options& options, F&& f, Args&&... args) {
       const pid_t g = ::fork();  // single-threaded here: as safe as any double fork
       if (g == 0) {
         report_wr.reset();
-        c.run_child(o, call);
+        c.run_child(o, call, grand_wr.get());
       }
       if (g < 0)
         r.error = errno;
@@ -616,15 +824,30 @@ pid_t spawn_daemon(const spawn_options& options, F&& f, Args&&... args) {
   }
   detail::unique_fd mid_fd(mid.pidfd);
   report_wr.reset();
+  grand_wr.reset();
   detail::daemon_report r;
   ssize_t n;
   do n = ::read(report_rd.get(), &r, sizeof r);
   while (n < 0 && errno == EINTR);
   detail::reap_exited(mid_fd.get());
-  if (n != static_cast<ssize_t>(sizeof r))
-    detail::throw_errno(ESRCH, op + ": the intermediate child died before reporting");
-  if (r.error)
-    detail::throw_errno(r.error, op + (r.step == detail::launch_step::setsid ? ": setsid" : ": fork"));
+  if (n != static_cast<ssize_t>(sizeof r)) c.who.fail(ESRCH, "fork", "the intermediate child died before reporting");
+  if (r.error) {
+    const bool setsid = r.step == detail::launch_step::setsid;
+    c.who.fail(r.error, setsid ? "setsid" : "fork", setsid ? "setsid" : "fork");
+  }
+  if (grand_rd) {
+    const detail::launch_report g = detail::read_launch_report(grand_rd.get());
+    if (g.error != 0) {
+      // The grandchild exits 127. If we are the subreaper that adopted it, it is ours to reap
+      // (its pid stays reserved until we do).
+      siginfo_t info;
+      if (::waitid(P_PID, static_cast<id_t>(r.pid), &info, WEXITED | WNOHANG | WNOWAIT | __WALL) == 0)
+        while (::waitid(P_PID, static_cast<id_t>(r.pid), &info, WEXITED | __WALL) < 0 && errno == EINTR) {
+        }
+      if (g.step == detail::launch_step::none) c.who.fail(ESRCH, "fork", "the daemon died before it was set up");
+      c.throw_report(g);
+    }
+  }
   return r.pid;
 }
 

@@ -13,6 +13,7 @@
 // and has checked that it names a live child of ours.
 
 #include <pidring/detail/error.hpp>
+#include <pidring/detail/kernel_features.hpp>
 #include <pidring/detail/own_threads.hpp>
 #include <pidring/exit_status.hpp>
 #include <pidring/detail/sys.hpp>
@@ -31,6 +32,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <string_view>
+#include <utility>
 #include <vector>
 
 extern char** environ;
@@ -46,7 +49,41 @@ namespace pidring::detail {
 #endif
 
 // The steps of a child's set-up, for the parent's error message.
-enum class launch_step : int { none, signals, stdio, close_fds, chdir, setsid, pdeathsig, exec };
+enum class launch_step : int {
+  none, signals, stdio, close_fds, chdir, setsid, pdeathsig, exec,
+  cgroup, setpgid, setrlimit, setgroups, setresgid, setresuid
+};
+
+// The pidring::error operation of a failed step (the list in error.hpp).
+inline const char* step_operation(launch_step s) noexcept {
+  switch (s) {
+    case launch_step::signals: return "sigaction";
+    case launch_step::stdio: return "dup2";
+    case launch_step::close_fds: return "close_range";
+    case launch_step::chdir: return "chdir";
+    case launch_step::setsid: return "setsid";
+    case launch_step::pdeathsig: return "prctl";
+    case launch_step::exec: return "exec";
+    case launch_step::cgroup: return "cgroup";
+    case launch_step::setpgid: return "setpgid";
+    case launch_step::setrlimit: return "setrlimit";
+    case launch_step::setgroups: return "setgroups";
+    case launch_step::setresgid: return "setresgid";
+    case launch_step::setresuid: return "setresuid";
+    default: return "spawn";
+  }
+}
+
+// What a spawn's errors name: the call and the program in the message ("spawn 'ls': ..."), and
+// argv[0] as given in pidring::error::path() (empty for a callable).
+struct spawn_subject {
+  std::string call;     // "spawn 'ls'", "spawn_daemon 'callable'"
+  std::string program;  // argv[0] as given
+
+  [[noreturn]] void fail(int err, std::string_view operation, const std::string& what) const {
+    throw_error(err, operation, call + ": " + what, program);
+  }
+};
 
 inline const char* step_name(launch_step s) noexcept {
   switch (s) {
@@ -57,6 +94,12 @@ inline const char* step_name(launch_step s) noexcept {
     case launch_step::setsid: return "setsid";
     case launch_step::pdeathsig: return "prctl(PR_SET_PDEATHSIG)";
     case launch_step::exec: return "execve";
+    case launch_step::cgroup: return "moving into the cgroup";
+    case launch_step::setpgid: return "setpgid";
+    case launch_step::setrlimit: return "setrlimit";
+    case launch_step::setgroups: return "setgroups";
+    case launch_step::setresgid: return "setresgid";
+    case launch_step::setresuid: return "setresuid";
     default: return "start";
   }
 }
@@ -83,6 +126,12 @@ inline kernel_sigset current_signal_mask() noexcept {
 // before then, killed by a signal, must not look like a started child.
 inline constexpr int launch_not_started = -1;
 
+// A resource limit as prlimit64 takes it.
+struct child_rlimit {
+  int resource;
+  std::uint64_t soft, hard;
+};
+
 // Everything a child's set-up needs, prepared by the parent. The child side reads only the plain
 // fields below (no container, no allocation) and calls only async-signal-safe system calls.
 struct launch_plan {
@@ -95,6 +144,19 @@ struct launch_plan {
   const char* cwd = nullptr;      // chdir to this path (programs)
   int cwd_fd = -1;                // or fchdir to this directory (callables: checked by the parent)
   bool new_session = false;
+  pid_t process_group = -1;       // >= 0: setpgid(0, process_group)
+  // Identity and limits, applied in login's order: limits and umask, then groups, gid, uid.
+  const child_rlimit* rlimits = nullptr;
+  std::size_t rlimit_count = 0;
+  int umask = -1;                 // >= 0: umask(umask)
+  bool set_groups = false;
+  const gid_t* groups = nullptr;
+  std::size_t group_count = 0;
+  bool set_gid = false;
+  gid_t gid = 0;
+  bool set_uid = false;
+  uid_t uid = 0;
+  int cgroup_procs_fd = -1;       // >= 0: the child moves itself into this cgroup first
   int parent_death_signal = 0;
   pid_t parent_pid = 0;           // the process and thread that spawn: PR_SET_PDEATHSIG follows
   pid_t parent_tid = 0;           // the thread, and either may end before the child's prctl
@@ -108,10 +170,22 @@ struct launch_plan {
   char* const* argv = nullptr;
   char* const* envp = nullptr;
 
+  // A forked callable shares no memory with the parent: it reports a failed step (or its
+  // success) on this socket instead.
+  int report_fd = -1;
+
   // Written by the child (shared memory under CLONE_VM) when a step fails.
   int error = launch_not_started;
   launch_step failed_step = launch_step::none;
   int failed_candidate = -1;
+  long failed_value = 0;  // the id, group or limit the failed step was about
+};
+
+// What a forked callable's child sends on launch_plan::report_fd: error 0 once it is set up.
+struct launch_report {
+  int error = 0;
+  launch_step step = launch_step::none;
+  long value = 0;
 };
 
 // ---- the child side (raw system calls only; under CLONE_VM it shares the parent's memory) -----
@@ -124,8 +198,8 @@ struct kernel_sigaction {
 };
 
 PIDRING_NO_SANITIZE inline long child_syscall(long nr, long a = 0, long b = 0, long c = 0,
-                                              long d = 0) noexcept {
-  long r = ::syscall(nr, a, b, c, d);
+                                              long d = 0, long e = 0, long f = 0) noexcept {
+  long r = ::syscall(nr, a, b, c, d, e, f);
   return r == -1 ? -errno : r;
 }
 
@@ -134,10 +208,18 @@ PIDRING_NO_SANITIZE inline long child_syscall(long nr, long a = 0, long b = 0, l
   __builtin_unreachable();
 }
 
-[[noreturn]] PIDRING_NO_SANITIZE inline void child_fail(launch_plan& p, launch_step step,
-                                                        long err) noexcept {
+PIDRING_NO_SANITIZE inline void child_report(const launch_plan& p, const launch_report& r) noexcept {
+  if (p.report_fd < 0) return;
+  // MSG_NOSIGNAL: a parent that gave up on us must not kill us with SIGPIPE.
+  child_syscall(SYS_sendto, p.report_fd, reinterpret_cast<long>(&r), sizeof r, MSG_NOSIGNAL);
+}
+
+[[noreturn]] PIDRING_NO_SANITIZE inline void child_fail(launch_plan& p, launch_step step, long err,
+                                                        long value = 0) noexcept {
   p.error = static_cast<int>(-err);
   p.failed_step = step;
+  p.failed_value = value;
+  child_report(p, launch_report{p.error, step, value});
   child_exit(127);
 }
 
@@ -176,9 +258,66 @@ PIDRING_NO_SANITIZE inline void child_close_range(const launch_plan& p, unsigned
   for (unsigned fd = first; fd <= end; ++fd) child_syscall(SYS_close, fd);
 }
 
+// Every fd >= 3 is closed except keep_fds (made inheritable) and the report socket (a failed
+// close_range falls back to a loop).
+PIDRING_NO_SANITIZE inline void child_close_fds(launch_plan& p, bool will_exec) noexcept {
+  unsigned lo = 3;
+  std::size_t i = 0;
+  bool report_kept = p.report_fd < 3;
+  while (i < p.keep_count || !report_kept) {
+    const bool report_next = !report_kept && (i == p.keep_count || p.report_fd < p.keep_fds[i]);
+    const int k = report_next ? p.report_fd : p.keep_fds[i];
+    child_close_range(p, lo, static_cast<unsigned>(k) - 1, will_exec);
+    if (report_next) {
+      report_kept = true;
+    } else {
+      const long r = child_syscall(SYS_fcntl, k, F_SETFD, 0);
+      if (r < 0) child_fail(p, launch_step::close_fds, r);
+      ++i;
+      if (k == p.report_fd) report_kept = true;
+    }
+    lo = static_cast<unsigned>(k) + 1;
+  }
+  child_close_range(p, lo, ~0U, will_exec);
+}
+
+// Process group, limits, umask, then the identity in login's order (groups, gid, uid): a uid
+// given up first would leave no right to change the rest.
+PIDRING_NO_SANITIZE inline void child_identity(launch_plan& p) noexcept {
+  long r;
+  if (p.process_group >= 0) {
+    r = child_syscall(SYS_setpgid, 0, p.process_group);
+    if (r < 0) child_fail(p, launch_step::setpgid, r, p.process_group);
+  }
+  for (std::size_t i = 0; i < p.rlimit_count; ++i) {
+    const child_rlimit& l = p.rlimits[i];
+    std::uint64_t lim[2] = {l.soft, l.hard};
+    r = child_syscall(SYS_prlimit64, 0, l.resource, reinterpret_cast<long>(lim), 0);
+    if (r < 0) child_fail(p, launch_step::setrlimit, r, l.resource);
+  }
+  if (p.umask >= 0) child_syscall(SYS_umask, p.umask);
+  if (p.set_groups) {
+    r = child_syscall(SYS_setgroups, static_cast<long>(p.group_count), reinterpret_cast<long>(p.groups));
+    if (r < 0) child_fail(p, launch_step::setgroups, r);
+  }
+  if (p.set_gid) {
+    r = child_syscall(SYS_setresgid, p.gid, p.gid, p.gid);
+    if (r < 0) child_fail(p, launch_step::setresgid, r, p.gid);
+  }
+  if (p.set_uid) {
+    r = child_syscall(SYS_setresuid, p.uid, p.uid, p.uid);
+    if (r < 0) child_fail(p, launch_step::setresuid, r, p.uid);
+  }
+}
+
 // Set-up shared by programs (will_exec) and callables. Returns normally only if every step worked.
 PIDRING_NO_SANITIZE inline void child_setup(launch_plan& p, bool will_exec) noexcept {
   long r;
+  // Into the cgroup first, so that nothing the child does is accounted outside it.
+  if (p.cgroup_procs_fd >= 0) {
+    r = child_syscall(SYS_write, p.cgroup_procs_fd, reinterpret_cast<long>("0"), 1);
+    if (r < 0) child_fail(p, launch_step::cgroup, r);
+  }
   child_signals(p);
   // First the working directory: the directory fd of a callable may be any number, and the
   // steps below move and close fds.
@@ -212,20 +351,13 @@ PIDRING_NO_SANITIZE inline void child_setup(launch_plan& p, bool will_exec) noex
     r = child_syscall(SYS_dup3, 1, 2, 0);
     if (r < 0) child_fail(p, launch_step::stdio, r);
   }
-  // Close every fd >= 3 except keep_fds (a failed close_range falls back to a loop).
-  unsigned lo = 3;
-  for (std::size_t i = 0; i < p.keep_count; ++i) {
-    const int k = p.keep_fds[i];
-    child_close_range(p, lo, static_cast<unsigned>(k) - 1, will_exec);
-    r = child_syscall(SYS_fcntl, k, F_SETFD, 0);
-    if (r < 0) child_fail(p, launch_step::close_fds, r);
-    lo = static_cast<unsigned>(k) + 1;
-  }
-  child_close_range(p, lo, ~0U, will_exec);
+  child_close_fds(p, will_exec);
   if (p.new_session) {
     r = child_syscall(SYS_setsid);
     if (r < 0) child_fail(p, launch_step::setsid, r);
   }
+  child_identity(p);
+  // After the identity: a change of credentials clears the death signal.
   if (p.parent_death_signal) {
     r = child_syscall(SYS_prctl, PR_SET_PDEATHSIG, p.parent_death_signal);
     if (r < 0) child_fail(p, launch_step::pdeathsig, r);
@@ -291,7 +423,7 @@ class child_stacks {
   explicit child_stacks(unsigned count) : count_(count) {
     void* p = ::mmap(nullptr, bytes(), PROT_READ | PROT_WRITE,
                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK | MAP_NORESERVE, -1, 0);
-    if (p == MAP_FAILED) throw_errno(errno, "spawn: mmap of the child's stack");
+    if (p == MAP_FAILED) throw_error(errno, "clone", "spawn: mmap of the child's stack");
     base_ = static_cast<char*>(p);
     for (unsigned i = 0; i < count_; ++i)
       ::mprotect(base_ + i * (stack_size + guard), guard, PROT_NONE);  // a guard below each
@@ -320,6 +452,7 @@ struct launched {
   int pidfd = -1;
   pid_t pid = -1;
   int error = 0;
+  int channel = -1;  // fork_with_pidfd(keep_channel): the socket to the other side, or -1
 };
 
 // Blocks every signal of the calling thread, glibc's internal ones included, until destroyed:
@@ -365,16 +498,91 @@ inline launched clone_vfork(int (*fn)(void*), void* arg, char* stack_top) noexce
   return {pidfd, static_cast<pid_t>(r), 0};
 }
 
+// clone3's arguments, as far as Linux 5.7 has them (CLONE_ARGS_SIZE_VER2).
+struct clone3_args {
+  std::uint64_t flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls, set_tid,
+      set_tid_size, cgroup;
+};
+
+#ifndef SYS_clone3
+#define PIDRING_SYS_CLONE3 435
+#else
+#define PIDRING_SYS_CLONE3 SYS_clone3
+#endif
+inline constexpr std::uint64_t clone_into_cgroup = 0x200000000ULL;  // CLONE_INTO_CGROUP (5.7)
+
+#if defined(__x86_64__)
+// clone3 for a child that shares our memory and runs fn(arg) on a stack of its own. glibc 2.36
+// has no clone3 wrapper that takes a function, and a child on a new stack cannot return through
+// syscall(): there is nothing on its stack to return to. So the child's side is five
+// instructions: it calls fn (which never returns) straight from the syscall. Registers: rax (the
+// call's number, then its result), rdi and rsi (its arguments), rcx and r11 (written by
+// syscall), the flags (test); in the child also rdi (fn's argument), and the new stack pointer
+// that clone3 gives it. fn and arg travel in rdx and r8, which the kernel leaves alone; all are
+// bound to these registers before the asm, so nothing is read after the stack changes.
+inline long clone3_with_stack(clone3_args& args, int (*fn)(void*), void* arg) noexcept {
+  register long rax asm("rax") = PIDRING_SYS_CLONE3;
+  register long rdi asm("rdi") = reinterpret_cast<long>(&args);
+  register long rsi asm("rsi") = sizeof args;
+  register long rdx asm("rdx") = reinterpret_cast<long>(fn);
+  register long r8 asm("r8") = reinterpret_cast<long>(arg);
+  asm volatile(
+      "syscall\n\t"
+      "testq %%rax, %%rax\n\t"
+      "jnz 1f\n\t"
+      "movq %%r8, %%rdi\n\t"
+      "callq *%%rdx\n\t"
+      "ud2\n"
+      "1:\n"
+      : "+r"(rax), "+r"(rdi)
+      : "r"(rsi), "r"(rdx), "r"(r8)
+      : "rcx", "r11", "cc", "memory");
+  return rax;
+}
+#endif
+
+// clone3(CLONE_VM | CLONE_VFORK | CLONE_PIDFD | CLONE_INTO_CGROUP): a child of ours running
+// fn(arg) inside the cgroup of the directory `cgroup_dir` from its first instruction. ENOSYS
+// where this build or this kernel cannot (not x86-64; Linux < 5.7: EINVAL or E2BIG, reported
+// as ENOSYS too); any other error is the cgroup's (EBUSY, EACCES, EOPNOTSUPP...).
+inline launched clone3_vfork_into(int (*fn)(void*), void* arg, char* stack_top, int cgroup_dir) noexcept {
+#if defined(__x86_64__)
+  int pidfd = -1;
+  clone3_args args{};
+  args.flags = CLONE_VM | CLONE_VFORK | CLONE_PIDFD | clone_into_cgroup;
+  args.pidfd = reinterpret_cast<std::uint64_t>(&pidfd);
+  args.stack = reinterpret_cast<std::uint64_t>(stack_top - child_stacks::stack_size);
+  args.stack_size = child_stacks::stack_size;
+  args.cgroup = static_cast<std::uint64_t>(cgroup_dir);
+  long r;
+  {
+    all_signals_blocked blocked;
+    r = clone3_with_stack(args, fn, arg);
+  }
+  if (r == -ENOSYS || r == -EINVAL || r == -E2BIG) return {-1, -1, ENOSYS};
+  if (r < 0) return {-1, -1, static_cast<int>(-r)};
+  return {pidfd, static_cast<pid_t>(r), 0};
+#else
+  static_cast<void>(fn), static_cast<void>(arg), static_cast<void>(stack_top), static_cast<void>(cgroup_dir);
+  return {-1, -1, ENOSYS};
+#endif
+}
+
 // The failed call, for messages: ENOSYS from clone_vfork means no CLONE_PIDFD.
 inline const char* clone_call(int err) noexcept {
   return err == ENOSYS ? "clone(CLONE_PIDFD) (pidring needs Linux 5.3 or newer)" : "clone";
 }
 
-// Starts a child that runs child_exec(plan): the plan's error says whether it exec'd.
-inline launched launch_exec(launch_plan& plan) {
+// Starts a child that runs child_exec(plan): the plan's error says whether it exec'd. Given a
+// cgroup directory's fd, by clone3(CLONE_INTO_CGROUP): ENOSYS where that is not possible (and
+// kernel_features learns it).
+inline launched launch_exec(launch_plan& plan, int cgroup_dir = -1) {
   child_stacks& stacks = child_stacks::for_this_thread();
   plan.error = launch_not_started;
-  return clone_vfork(&child_exec_entry, &plan, stacks.top(0));
+  if (cgroup_dir < 0) return clone_vfork(&child_exec_entry, &plan, stacks.top(0));
+  const launched l = clone3_vfork_into(&child_exec_entry, &plan, stacks.top(0), cgroup_dir);
+  if (l.error == ENOSYS) kernel().clone_into_cgroup = false;
+  return l;
 }
 
 // Reaps a child that is known to have exited (or to be about to) and gives its wait status.
@@ -430,17 +638,17 @@ PIDRING_NO_SANITIZE inline int daemon_intermediate_entry(void* arg) noexcept {
 
 // fork() through glibc, so the child is an ordinary fork() child, and a pidfd for it. Returns pid
 // 0 in the child (once the parent holds the pidfd). In the parent, throws if the child could not
-// be tracked: then no child is left behind.
-inline launched fork_with_pidfd(const std::string& who) {
+// be tracked: then no child is left behind. With keep_channel, the socket of the gate stays open
+// on both sides (launched::channel), for the child to report how its set-up went.
+inline launched fork_with_pidfd(const spawn_subject& who, bool keep_channel = false) {
   int sv[2];
-  if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
-    throw_errno(errno, who + ": socketpair");
+  if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) who.fail(errno, "pipe", "socketpair");
   const pid_t pid = ::fork();
   if (pid < 0) {
     const int err = errno;
     ::close(sv[0]);
     ::close(sv[1]);
-    throw_errno(err, who + ": fork");
+    who.fail(err, "fork", "fork");
   }
   if (pid == 0) {
     // Wait at the gate: until the parent holds our pidfd, we must not exit (our pid would be
@@ -450,9 +658,9 @@ inline launched fork_with_pidfd(const std::string& who) {
     ssize_t n;
     do n = ::read(sv[1], &go, 1);
     while (n < 0 && errno == EINTR);
-    ::close(sv[1]);
     if (n != 1) ::_exit(127);  // the parent gave up on us
-    return {-1, 0, 0};
+    if (!keep_channel) ::close(sv[1]);
+    return {-1, 0, 0, keep_channel ? sv[1] : -1};
   }
   ::close(sv[1]);
   unique_fd gate(sv[0]);
@@ -465,7 +673,7 @@ inline launched fork_with_pidfd(const std::string& who) {
       while (::waitid(P_PID, static_cast<id_t>(pid), &info, WEXITED | __WALL) < 0 && errno == EINTR) {
       }
     }
-    throw_errno(-pidfd, who + ": pidfd_open");
+    who.fail(-pidfd, "fork", "pidfd_open");
   }
   unique_fd fd(pidfd);
   // The child cannot exit by itself before the gate opens; only a signal can end it. Then it may
@@ -474,17 +682,28 @@ inline launched fork_with_pidfd(const std::string& who) {
   siginfo_t info;
   const int r = sys_waitid_pidfd(pidfd, info, WEXITED | WNOHANG | WNOWAIT);
   if (r == -ECHILD)
-    throw_errno(ESRCH, who + ": the child was killed and reaped elsewhere before it started");
+    who.fail(ESRCH, "fork", "the child was killed and reaped elsewhere before it started");
   if (r == 0 && info.si_pid != 0) {
     const int status = reap_exited(pidfd);
-    throw_errno(ESRCH, who + ": the child ended before it could start (" +
-                           exit_status::from_wait_status(status).to_string() + ")");
+    who.fail(ESRCH, "fork", "the child ended before it could start (" +
+                               exit_status::from_wait_status(status).to_string() + ")");
   }
   const char go = 1;
   // MSG_NOSIGNAL: a child killed this very moment must not raise SIGPIPE here; its handle then
   // reports how it ended.
   [[maybe_unused]] ssize_t n = ::send(gate.get(), &go, 1, MSG_NOSIGNAL);
-  return {fd.release(), pid, 0};
+  return {fd.release(), pid, 0, keep_channel ? gate.release() : -1};
+}
+
+// Reads what a forked child sent on its report socket: its set-up worked (error 0), or the step
+// that failed. A child that died before it could say either reports ESRCH.
+inline launch_report read_launch_report(int channel) noexcept {
+  launch_report r;
+  ssize_t n;
+  do n = ::read(channel, &r, sizeof r);
+  while (n < 0 && errno == EINTR);
+  if (n != static_cast<ssize_t>(sizeof r)) return {ESRCH, launch_step::none, 0};
+  return r;
 }
 
 // ---- /proc ------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@
 
 #include <fcntl.h>
 #include <sys/ioctl.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -55,9 +56,12 @@ inline int sys_pidfd_open(pid_t pid) noexcept {
   return static_cast<int>(r);
 }
 
-inline int sys_pidfd_send_signal(int pidfd, int sig) noexcept {
+// pidfd_send_signal's flags (Linux 6.9; <linux/pidfd.h> is newer than some headers we build with).
+inline constexpr unsigned pidfd_signal_process_group = 1u << 2;  // PIDFD_SIGNAL_PROCESS_GROUP
+
+inline int sys_pidfd_send_signal(int pidfd, int sig, unsigned flags = 0) noexcept {
   int saved = errno;
-  long r = raw_syscall_result(::syscall(PIDRING_SYS_PIDFD_SEND_SIGNAL, pidfd, sig, nullptr, 0));
+  long r = raw_syscall_result(::syscall(PIDRING_SYS_PIDFD_SEND_SIGNAL, pidfd, sig, nullptr, flags));
   errno = saved;
   return static_cast<int>(r);
 }
@@ -67,11 +71,12 @@ inline int sys_close_range(unsigned first, unsigned last) noexcept {
 }
 
 // waitid(P_PIDFD, pidfd, ...). __WALL because pidring's children send no exit signal (see spawn.hpp).
-inline int sys_waitid_pidfd(int pidfd, siginfo_t& info, int options) noexcept {
+// `usage`, if given, receives what the kernel's waitid gives besides (as wait4 does).
+inline int sys_waitid_pidfd(int pidfd, siginfo_t& info, int options, rusage* usage = nullptr) noexcept {
   info = siginfo_t{};
   int saved = errno;
   long r = raw_syscall_result(
-      ::syscall(SYS_waitid, 3 /* P_PIDFD */, pidfd, &info, options | __WALL, nullptr));
+      ::syscall(SYS_waitid, 3 /* P_PIDFD */, pidfd, &info, options | __WALL, usage));
   errno = saved;
   return static_cast<int>(r);
 }
