@@ -39,10 +39,7 @@ pidring::spawn_options group_leader(const test_util::tree_witness& tree) {
 
 pidring::task<std::optional<std::string>> first_line(pidring::child& c) { co_return co_await c.out().read_line(); }
 
-pidring::task<pidring::completed> run_task(pidring::io_context& io, const pidring::command& cmd,
-                                           pidring::run_options o) {
-  co_return co_await pidring::run(io, cmd, std::move(o));
-}
+using test_util::run_task;
 
 }  // namespace
 

@@ -14,16 +14,14 @@
 #include <vector>
 
 #include "test_reliability_util.hpp"
+#include "child_util.hpp"
 #include "test_util.hpp"
 
 using reliability::contains;
 
 namespace {
 
-pidring::task<pidring::completed> run_task(pidring::io_context& io, pidring::command cmd,
-                                           pidring::run_options o) {
-  co_return co_await pidring::run(io, cmd, o);
-}
+using test_util::run_task;
 
 pidring::completed run_sync(const pidring::command& cmd, pidring::run_options o = {}) {
   pidring::io_context io;

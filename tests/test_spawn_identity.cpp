@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "test_safety_util.hpp"
+#include "child_util.hpp"
 #include "test_util.hpp"
 #include "unprivileged.hpp"
 
@@ -29,10 +30,7 @@ using Catch::Matchers::ContainsSubstring;
 
 namespace {
 
-pidring::task<pidring::completed> run_task(pidring::io_context& io, const pidring::command& cmd,
-                                           pidring::run_options o) {
-  co_return co_await pidring::run(io, cmd, std::move(o));
-}
+using test_util::run_task;
 
 pidring::task<pidring::exit_status> wait_of(pidring::child& c) { co_return co_await c.wait(); }
 

@@ -12,6 +12,7 @@
 
 #include <pidring/child.hpp>
 #include <pidring/exit_status.hpp>
+#include <pidring/run.hpp>
 #include <pidring/spawn.hpp>
 #include <pidring/task.hpp>
 
@@ -30,6 +31,12 @@
 namespace test_util {
 
 // The child's status, as a task (for io.run or when_all).
+// run() as a task of its own (the command and options live in its frame).
+inline pidring::task<pidring::completed> run_task(pidring::io_context& io, const pidring::command& cmd,
+                                                  pidring::run_options o) {
+  co_return co_await pidring::run(io, cmd, o);
+}
+
 inline pidring::task<pidring::exit_status> wait_task(pidring::child& c) { co_return co_await c.wait(); }
 
 // The child's status, or nullopt if it has not ended within `d`.
