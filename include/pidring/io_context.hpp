@@ -48,6 +48,7 @@ struct context_options {
 /// *error* where the operation has a result it could not finish:
 /// - child::wait(token): std::nullopt, the child keeps running (so does wait_for's timeout);
 /// - sleep_for(io, d, token): false (the time did not pass);
+/// - poll_fd(io, fd, events, token): 0 (no event);
 /// - pipe_reader::read_into(out, token): false, what was read is in `out`;
 /// - pipe_reader::read_some(buf, token), pipe_writer::write_all(data, token): throw
 ///   std::system_error(ECANCELED) "read from stdout of 'cat' (pid 7): cancelled";

@@ -8,6 +8,7 @@
 #include <pidring/exit_status.hpp>
 #include <pidring/io_context.hpp>
 #include <pidring/pipe.hpp>
+#include <pidring/poll_fd.hpp>
 #include <pidring/run.hpp>
 #include <pidring/spawn.hpp>
 #include <pidring/task.hpp>

@@ -11,6 +11,7 @@
 #include <pidring/detail/error.hpp>
 #include <pidring/detail/sys.hpp>
 
+#include <poll.h>
 #include <sys/epoll.h>
 
 #include <algorithm>
@@ -61,6 +62,14 @@ class epoll_backend final : public backend_base {
         break;
       }
       case op_code::child_exit: watch(op); break;
+      case op_code::poll:
+        // A refused fd is this poll's answer, as io_uring gives it: -EBADF for a closed fd, and
+        // for a regular file or directory (epoll's EPERM) what poll(2) says of them, ready.
+        if (const int err = try_watch(op)) {
+          op.epoll_state = waiting;
+          finish(op, err == EPERM ? op.events & (POLLIN | POLLOUT | POLLRDNORM | POLLWRNORM) : -err);
+        }
+        break;
     }
     ++in_flight_;
   }
@@ -128,6 +137,8 @@ class epoll_backend final : public backend_base {
   };
 
   static std::uint32_t wanted(const operation& op) noexcept {
+    // poll(2)'s and epoll's bits have the same values (POLLPRI == EPOLLPRI...).
+    if (op.code == op_code::poll) return static_cast<std::uint16_t>(op.events);
     return op.code == op_code::write ? EPOLLOUT : EPOLLIN;
   }
 
@@ -145,7 +156,15 @@ class epoll_backend final : public backend_base {
     return static_cast<int>(r);
   }
 
+  // Puts `op` on its fd's list, asking epoll for what it needs. Throws if epoll refuses the fd.
   void watch(operation& op) {
+    if (const int err = try_watch(op))
+      throw_errno(err, "io_context (epoll backend): epoll_ctl on fd " + std::to_string(op.fd) +
+                           (err == EPERM ? " (not a pipe, socket or pidfd)" : ""));
+  }
+
+  // watch(), answering epoll_ctl's errno instead of throwing it (then nothing was changed).
+  int try_watch(operation& op) {
     auto [it, inserted] = watches_.try_emplace(op.fd);
     fd_watch& w = it->second;
     const std::uint32_t events = w.events | wanted(op);
@@ -156,8 +175,7 @@ class epoll_backend final : public backend_base {
       if (::epoll_ctl(ep_.get(), inserted ? EPOLL_CTL_ADD : EPOLL_CTL_MOD, op.fd, &ev) != 0) {
         const int err = errno;
         if (inserted) watches_.erase(it);
-        throw_errno(err, "io_context (epoll backend): epoll_ctl on fd " + std::to_string(op.fd) +
-                             (err == EPERM ? " (not a pipe, socket or pidfd)" : ""));
+        return err;
       }
       w.events = events;
     }
@@ -168,13 +186,14 @@ class epoll_backend final : public backend_base {
     op.epoll_state = waiting;
     op.epoll_heap_pos = not_in_heap;
     if (op.timeout.count() >= 0) arm_timer(op, op.timeout);
+    return 0;
   }
 
   // Takes a waiting operation off its fd's list and out of the timer heap. Returns the fd whose
   // epoll registration must then be updated, or -1.
   int unlink(operation& op) noexcept {
     int fd = -1;
-    // Every waiting read, write or child_exit is on its fd's list (timeouts never are).
+    // Every waiting read, write, child_exit or poll is on its fd's list (timeouts never are).
     if (op.code != op_code::timeout) {
       auto it = watches_.find(op.fd);
       if (it != watches_.end()) {
@@ -204,7 +223,8 @@ class epoll_backend final : public backend_base {
     fd_watch& w = it->second;
     std::uint32_t events = 0;
     for (operation* p = w.head; p; p = p->epoll_next) events |= wanted(*p);
-    if (events == 0) {
+    // (A poll may ask for no event at all: it then waits for POLLHUP or POLLERR only.)
+    if (!w.head) {
       ::epoll_ctl(ep_.get(), EPOLL_CTL_DEL, fd, nullptr);
       watches_.erase(it);
       return;
@@ -227,6 +247,9 @@ class epoll_backend final : public backend_base {
       int r = -EAGAIN;
       if (op->code == op_code::child_exit) {
         if (in) r = 0;
+      } else if (op->code == op_code::poll) {
+        const auto mask = static_cast<std::uint32_t>(static_cast<std::uint16_t>(op->events)) | EPOLLHUP | EPOLLERR;
+        if (const std::uint32_t got = revents & mask) r = static_cast<int>(got);
       } else if (op->code == op_code::read ? in : out) {
         r = transfer(*op);
       }

@@ -125,4 +125,25 @@ class sleep_awaiter {
   bool immediate_;
 };
 
+// The readiness wait behind poll_fd: the revents, 0 when stopped (if a stop was given).
+class poll_awaiter {
+ public:
+  poll_awaiter(event_loop& loop, int fd, short events, std::stop_token stop)
+      : op_(loop, operation::readiness(fd, events), stop), fd_(fd), stoppable_(stop.stop_possible()) {}
+  bool await_ready() noexcept { return op_.await_ready(); }
+  void await_suspend(std::coroutine_handle<> h) { op_.await_suspend(h); }
+  short await_resume() {
+    const int res = op_.await_resume();
+    if (res >= 0) return static_cast<short>(res);
+    // Without a stop token, only the context's end cancels the wait: that is an error.
+    if (res == -ECANCELED && stoppable_) return 0;
+    throw_error(-res, "poll_fd", "poll_fd on fd " + std::to_string(fd_));
+  }
+
+ private:
+  io_awaiter op_;
+  int fd_;
+  bool stoppable_;
+};
+
 }  // namespace pidring::detail

@@ -18,6 +18,8 @@ enum class op_code : std::uint8_t {
   child_exit,  // until the process of the pidfd `fd` has exited (it is not reaped); result: 0
   timeout,     // until `timeout` has passed; result: -ETIME
   fsync,       // fsync(fd) (io_uring only: the epoll backend answers -EOPNOTSUPP); result: 0
+  poll,        // until `fd` is ready for `events` (poll(2) bits); result: revents, which may
+               // also hold POLLHUP and POLLERR (reported whether asked for or not)
 };
 
 // The offset of a read or write that uses (and moves) the fd's own position, as pipes need.
@@ -36,6 +38,8 @@ struct operation {
   // op_code::timeout: how long. Any other code: a timeout after which the operation is
   // cancelled (it then completes with -ECANCELED); negative: none.
   std::chrono::nanoseconds timeout{-1};
+  // op_code::poll: what to wait for (POLLIN, POLLOUT, POLLPRI, POLLRDHUP...).
+  short events = 0;
 
   // ---- how it ended: set before on_complete is called, on the loop's thread ----
   int result = 0;
@@ -65,6 +69,13 @@ struct operation {
     // continued by the caller anyway.
     op.size = static_cast<unsigned>(size < (std::size_t{1} << 30) ? size : (std::size_t{1} << 30));
     op.offset = offset;
+    return op;
+  }
+  static operation readiness(int fd, short events) noexcept {
+    operation op;
+    op.code = op_code::poll;
+    op.fd = fd;
+    op.events = events;
     return op;
   }
   static operation wait_for(std::chrono::nanoseconds d) noexcept {

@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <cstdint>
 #include <optional>
 #include <string>
 
@@ -116,6 +117,16 @@ class uring_backend final : public backend_base {
         io_uring_prep_timeout(&sqe, &op.uring_timeout, 0, 0);
         break;
       case op_code::fsync: io_uring_prep_fsync(&sqe, op.fd, 0); break;
+      case op_code::poll: {
+        // One-shot: the CQE's result is the revents mask (POLLHUP and POLLERR always included).
+        // io_uring drops a wake-up that matches POLLPRI alone, so a socket's urgent data would
+        // never end a POLLPRI wait; sockets report POLLRDBAND with it, which gets through (it is
+        // taken out of the answer again in dispatch).
+        auto events = static_cast<std::uint16_t>(op.events);
+        if (events & POLLPRI) events |= POLLRDBAND;
+        io_uring_prep_poll_add(&sqe, op.fd, events);
+        break;
+      }
     }
     io_uring_sqe_set_data(&sqe, &op);
     if (linked) {
@@ -202,12 +213,20 @@ class uring_backend final : public backend_base {
       ++ours;
       if (auto* op = static_cast<operation*>(io_uring_cqe_get_data(cqe))) {
         op->result = cqe->res;
+        if (op->code == op_code::poll) op->result = asked_revents(*op);
         op->on_complete(*op);
       }
     }
     io_uring_cq_advance(&ring_, n);
     in_flight_ -= ours;
     return n;
+  }
+
+  // A poll's revents without the POLLRDBAND that start() added to a POLLPRI wait (unless it is
+  // all there is: an answer of 0 would read as "stopped").
+  static int asked_revents(const operation& op) noexcept {
+    if (op.result <= 0 || (op.events & POLLRDBAND) || op.result == POLLRDBAND) return op.result;
+    return op.result & ~POLLRDBAND;
   }
 
   io_uring ring_{};
