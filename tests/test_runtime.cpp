@@ -182,7 +182,7 @@ TEST_CASE("more concurrent operations than SQ entries are all completed", "[runt
 TEST_CASE("run on a context that is already running is refused", "[runtime]") {
   pidring::io_context io;
   auto t = [&]() -> pidring::task<void> {
-    CHECK_THROWS_AS(io.run(ready_value(1)), std::logic_error);
+    CHECK_THROWS_AS(io.run(ready_value(1)), pidring::error);
     co_return;
   };
   io.run(t());

@@ -37,6 +37,11 @@ class io_awaiter : private operation {
   io_awaiter(io_awaiter&& o) noexcept
       : operation(static_cast<const operation&>(o)), loop_(o.loop_), stop_(std::move(o.stop_)) {}
   io_awaiter& operator=(io_awaiter&&) = delete;
+  // Only a frame destroyed with its context (a started task dropped where it waits) goes away
+  // between the completion and the resumption: its coroutine must not be resumed then.
+  ~io_awaiter() {
+    if (scheduled_) loop_->unschedule(waiter_);
+  }
 
   bool await_ready() noexcept {
     if (stop_.stop_requested()) {
@@ -58,6 +63,7 @@ class io_awaiter : private operation {
     if (ticket_) callback_.emplace(stop_, stop_canceller{loop_, ticket_});
   }
   int await_resume() noexcept {
+    scheduled_ = false;
     callback_.reset();  // waits for a callback running on another thread
     return result;
   }
@@ -66,6 +72,7 @@ class io_awaiter : private operation {
   static void completed(operation& op) noexcept {
     auto& self = static_cast<io_awaiter&>(op);
     if (self.ticket_) self.ticket_->target = nullptr;
+    self.scheduled_ = true;
     self.loop_->schedule(self.waiter_);
   }
 
@@ -74,6 +81,7 @@ class io_awaiter : private operation {
   std::coroutine_handle<> waiter_;
   std::shared_ptr<cancel_ticket> ticket_;
   std::optional<std::stop_callback<stop_canceller>> callback_;
+  bool scheduled_ = false;  // completed, not resumed yet
 };
 
 // "read from stdout of 'cat' (pid 7): Broken pipe"; a stop says "...: cancelled".

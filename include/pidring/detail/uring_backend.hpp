@@ -154,10 +154,12 @@ class uring_backend final : public backend_base {
     }
   }
 
-  void poll(std::optional<std::chrono::nanoseconds> timeout) override {
+  void wait_and_deliver(std::optional<std::chrono::nanoseconds> timeout) override {
     int r;
     if (timeout && timeout->count() <= 0) {
-      r = io_uring_submit(&ring_);
+      // Enters the kernel even with nothing to submit: completions waiting as task work (the
+      // ring is COOP_TASKRUN) are posted only then.
+      r = io_uring_submit_and_get_events(&ring_);
     } else if (timeout) {
       __kernel_timespec ts = to_kernel_timespec(*timeout);
       io_uring_cqe* cqe = nullptr;
@@ -176,6 +178,14 @@ class uring_backend final : public backend_base {
     if (r < 0 && r != -EINTR && r != -EBUSY && r != -EAGAIN)
       throw_errno(-r, "io_context: io_uring_enter");
   }
+
+  // The ring's fd polls readable while its completion queue holds entries. A completion that
+  // arrives as task work first interrupts the waiting thread (its poll or epoll_wait gives
+  // EINTR), then is posted on the way back to user space: the fd is readable at the retry.
+  int native_handle() const noexcept override { return ring_.ring_fd; }
+  // An SQE not yet submitted would never complete while the thread waits elsewhere.
+  void prepare_outside_wait() override { flush(); }
+  bool has_undelivered() const noexcept override { return io_uring_cq_ready(&ring_) > 0; }
 
  private:
   // A free SQE; when the queue is full, what is queued is submitted first. Never null.
