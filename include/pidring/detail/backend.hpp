@@ -50,7 +50,8 @@ class backend_base {
   // Before the caller's thread waits elsewhere (on native_handle()): everything started is handed
   // to the kernel, and every timer will make native_handle() readable when it expires.
   virtual void prepare_outside_wait() = 0;
-  // Whether completions are known but not delivered yet (a wait_and_deliver(0) would deliver).
+  // Whether a wait_and_deliver(0) may deliver something now: completions known but not
+  // delivered yet, or (io_uring) submissions not handed to the kernel, which may complete at once.
   virtual bool has_undelivered() const noexcept = 0;
   // How this backend waits for a child's exit, for error messages.
   virtual const char* child_wait_name() const noexcept = 0;

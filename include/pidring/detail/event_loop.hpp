@@ -303,7 +303,8 @@ class event_loop {
       // keeps its turn.
       for (int round = 0; round < 8; ++round) {
         if (remote_pending_.load(std::memory_order_acquire)) run_remote();
-        backend_->wait_and_deliver(std::chrono::nanoseconds(0));
+        // After the first round, the kernel is asked again only if it may have something.
+        if (round == 0 || backend_->has_undelivered()) backend_->wait_and_deliver(std::chrono::nanoseconds(0));
         take_wake_up();
         if (ready_.empty()) break;
         resumed += flush_ready();

@@ -185,7 +185,9 @@ class uring_backend final : public backend_base {
   int native_handle() const noexcept override { return ring_.ring_fd; }
   // An SQE not yet submitted would never complete while the thread waits elsewhere.
   void prepare_outside_wait() override { flush(); }
-  bool has_undelivered() const noexcept override { return io_uring_cq_ready(&ring_) > 0; }
+  bool has_undelivered() const noexcept override {
+    return io_uring_cq_ready(&ring_) > 0 || io_uring_sq_ready(&ring_) > 0;
+  }
 
  private:
   // A free SQE; when the queue is full, what is queued is submitted first. Never null.
