@@ -25,6 +25,7 @@
 /// @endcode
 
 #include <pidring/child.hpp>
+#include <pidring/detail/error.hpp>
 #include <pidring/exit_status.hpp>
 #include <pidring/io_context.hpp>
 #include <pidring/task.hpp>
@@ -39,7 +40,6 @@
 #include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/asio/version.hpp>
 #include <boost/system/error_code.hpp>
-#include <boost/system/system_error.hpp>
 #if BOOST_ASIO_VERSION >= 101900
 #include <boost/asio/associated_cancellation_slot.hpp>
 #define PIDRING_ASIO_HAS_CANCELLATION 1
@@ -73,11 +73,9 @@ namespace detail::asio_glue {
 #if defined(PIDRING_ASIO_USE_BOOST)
 namespace net = ::boost::asio;
 using error_code = ::boost::system::error_code;
-using system_error = ::boost::system::system_error;
 #else
 namespace net = ::asio;
 using error_code = std::error_code;
-using system_error = std::system_error;
 #endif
 
 // What the driver's wait and its handlers share: they may outlive the driver object.
@@ -106,7 +104,7 @@ struct driver_state {
 inline void arm(const std::shared_ptr<driver_state>& s) {
   s->descriptor.async_wait(net::posix::stream_descriptor::wait_read, [s](const error_code& ec) {
     if (s->stopped || ec == net::error::operation_aborted) return;
-    if (ec) throw system_error(ec, "pidring::asio_driver: wait for the io_context's fd");
+    if (ec) detail::throw_error(ec.value(), "io_context", "pidring::asio_driver: wait for the io_context's fd");
     arm(s);
     s->io->poll();
   });

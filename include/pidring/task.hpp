@@ -2,11 +2,13 @@
 /// @file
 /// task<T>: a lazy, move-only coroutine, and when_all over tasks and awaitables.
 
+#include <pidring/detail/error.hpp>
+
+#include <cerrno>
 #include <coroutine>
 #include <cstddef>
 #include <exception>
 #include <optional>
-#include <stdexcept>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -149,7 +151,7 @@ class [[nodiscard]] task {
       return !h.promise().start_inline(h, awaiting);
     }
     T await_resume() {
-      if (!h) throw std::logic_error("co_await of an empty task (default-constructed or moved from)");
+      if (!h) detail::throw_error(EINVAL, "task", "co_await of an empty task (default-constructed or moved from)");
       return h.promise().result();
     }
   };

@@ -29,7 +29,7 @@ namespace pidring::detail {
 class epoll_backend final : public backend_base {
  public:
   epoll_backend() : ep_(::epoll_create1(EPOLL_CLOEXEC)) {
-    if (!ep_) throw_errno(errno, "io_context: epoll_create1");
+    if (!ep_) throw_error(errno, "io_context", "io_context: epoll_create1");
   }
   ~epoll_backend() override = default;
 
@@ -119,7 +119,7 @@ class epoll_backend final : public backend_base {
     }
     epoll_event events[64];
     const int n = wait_for_events(events, 64, wait);
-    if (n < 0 && errno != EINTR) throw_errno(errno, "io_context: epoll_wait");
+    if (n < 0 && errno != EINTR) throw_error(errno, "io_context", "io_context: epoll_wait");
     for (int i = 0; i < n; ++i) {
       if (timer_ && events[i].data.fd == timer_.get())
         timer_expired();
@@ -139,12 +139,12 @@ class epoll_backend final : public backend_base {
   void prepare_outside_wait() override {
     if (!timer_) {
       unique_fd t(::timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC));
-      if (!t) throw_errno(errno, "io_context (epoll backend): timerfd_create");
+      if (!t) throw_error(errno, "io_context", "io_context (epoll backend): timerfd_create");
       epoll_event ev{};
       ev.events = EPOLLIN;
       ev.data.fd = t.get();
       if (::epoll_ctl(ep_.get(), EPOLL_CTL_ADD, t.get(), &ev) != 0)
-        throw_errno(errno, "io_context (epoll backend): epoll_ctl on its timerfd");
+        throw_error(errno, "io_context", "io_context (epoll backend): epoll_ctl on its timerfd");
       timer_ = std::move(t);
     }
     std::optional<std::chrono::steady_clock::time_point> want;
@@ -159,7 +159,7 @@ class epoll_backend final : public backend_base {
       spec.it_value.tv_nsec = static_cast<long>(ns % 1'000'000'000);
     }
     if (::timerfd_settime(timer_.get(), TFD_TIMER_ABSTIME, &spec, nullptr) != 0)
-      throw_errno(errno, "io_context (epoll backend): timerfd_settime");
+      throw_error(errno, "io_context", "io_context (epoll backend): timerfd_settime");
     timer_set_ = want;
   }
 
@@ -198,7 +198,7 @@ class epoll_backend final : public backend_base {
   // Puts `op` on its fd's list, asking epoll for what it needs. Throws if epoll refuses the fd.
   void watch(operation& op) {
     if (const int err = try_watch(op))
-      throw_errno(err, "io_context (epoll backend): epoll_ctl on fd " + std::to_string(op.fd) +
+      throw_error(err, "io_context", "io_context (epoll backend): epoll_ctl on fd " + std::to_string(op.fd) +
                            (err == EPERM ? " (not a pipe, socket or pidfd)" : ""));
   }
 

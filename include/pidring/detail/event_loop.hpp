@@ -104,7 +104,7 @@ inline std::unique_ptr<backend_base> make_backend(pidring::backend requested, un
       else if (std::strcmp(env, "io_uring") == 0)
         requested = pidring::backend::io_uring;
       else
-        throw_errno(EINVAL, std::string("io_context: PIDRING_BACKEND=") + env +
+        throw_error(EINVAL, "io_context", std::string("io_context: PIDRING_BACKEND=") + env +
                                 " is neither 'epoll' nor 'io_uring'");
     }
   }
@@ -203,7 +203,7 @@ class event_loop {
     if (wake_fd_) return;
     const int nonblock = kind() == pidring::backend::epoll ? EFD_NONBLOCK : 0;
     wake_fd_.reset(::eventfd(0, EFD_CLOEXEC | nonblock));
-    if (!wake_fd_) throw_errno(errno, "io_context: eventfd");
+    if (!wake_fd_) throw_error(errno, "io_context", "io_context: eventfd");
     start_wake_read();
   }
 

@@ -14,6 +14,7 @@
 #include <optional>
 #include <stop_token>
 #include <string>
+#include <string_view>
 #include <utility>
 
 namespace pidring::detail {
@@ -84,32 +85,35 @@ class io_awaiter : private operation {
   bool scheduled_ = false;  // completed, not resumed yet
 };
 
-// "read from stdout of 'cat' (pid 7): Broken pipe"; a stop says "...: cancelled".
-[[noreturn]] inline void throw_io_error(int err, const char* verb, const std::string& name) {
-  if (err == ECANCELED) throw_errno(ECANCELED, std::string(verb) + name + ": cancelled");
-  throw_errno(err, std::string(verb) + name);
+// "read from stdout of 'cat' (pid 7): Broken pipe"; a stop says "...: cancelled". `operation`
+// is the error's operation() ("read", "write"), `verb` starts the message ("read from ").
+[[noreturn]] inline void throw_io_error(int err, std::string_view operation, const char* verb, const std::string& name) {
+  if (err == ECANCELED) throw_error(ECANCELED, operation, std::string(verb) + name + ": cancelled");
+  throw_error(err, operation, std::string(verb) + name);
 }
 
 /// One read, write or fsync, the way every pidring caller wants it: EINTR and EAGAIN are retried,
-/// a stop gives nullopt, any other error throws std::system_error naming `verb` and `name`.
+/// a stop gives nullopt, any other error throws pidring::error (see throw_io_error).
 template <class = void>
 task<std::optional<std::size_t>> perform(event_loop& loop, operation op, std::stop_token stop,
-                                         const char* verb, const std::string& name) {
+                                         std::string_view operation_name, const char* verb,
+                                         const std::string& name) {
   for (;;) {
     const int n = co_await io_awaiter(loop, op, stop);
     if (n >= 0) co_return static_cast<std::size_t>(n);
     if (n == -EINTR || n == -EAGAIN) continue;
     if (n == -ECANCELED) co_return std::nullopt;
-    throw_io_error(-n, verb, name);
+    throw_io_error(-n, operation_name, verb, name);
   }
 }
 
 /// perform() for callers to whom a stop is an error too: it throws ECANCELED ("...: cancelled").
 template <class = void>
 task<std::size_t> perform_or_throw(event_loop& loop, operation op, std::stop_token stop,
-                                   const char* verb, const std::string& name) {
-  const std::optional<std::size_t> n = co_await perform(loop, op, std::move(stop), verb, name);
-  if (!n) throw_io_error(ECANCELED, verb, name);
+                                   std::string_view operation_name, const char* verb,
+                                   const std::string& name) {
+  const std::optional<std::size_t> n = co_await perform(loop, op, std::move(stop), operation_name, verb, name);
+  if (!n) throw_io_error(ECANCELED, operation_name, verb, name);
   co_return *n;
 }
 
@@ -125,7 +129,7 @@ class sleep_awaiter {
     const int res = op_.await_resume();
     if (res == -ETIME || res == 0) return true;
     if (res == -ECANCELED) return false;
-    throw_errno(-res, "sleep_for");
+    throw_error(-res, "sleep_for", "sleep_for");
   }
 
  private:

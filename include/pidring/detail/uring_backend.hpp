@@ -75,10 +75,10 @@ class uring_backend final : public backend_base {
       r = io_uring_queue_init_params(entries, &ring_, &p);
       if (r != -EINVAL) break;
     }
-    if (r < 0) throw_errno(-r, explain_setup_failure(-r, entries));
+    if (r < 0) throw_error(-r, "io_context", explain_setup_failure(-r, entries));
     if (!(p.features & IORING_FEAT_NODROP)) {
       io_uring_queue_exit(&ring_);
-      throw_errno(ENOSYS, "io_context: this kernel's io_uring may drop completions"
+      throw_error(ENOSYS, "io_context", "io_context: this kernel's io_uring may drop completions"
                           " (no IORING_FEAT_NODROP, Linux < 5.5)");
     }
     // Linux < 5.11: timed waits make liburing queue timeout SQEs of its own (see dispatch).
@@ -169,14 +169,14 @@ class uring_backend final : public backend_base {
       r = io_uring_submit_and_wait(&ring_, 1);
     }
     if (r < 0 && r != -EINTR && r != -EBUSY && r != -EAGAIN)
-      throw_errno(-r, "io_context: io_uring_enter");
+      throw_error(-r, "io_context", "io_context: io_uring_enter");
     dispatch();
   }
 
   void flush() override {
     const int r = io_uring_submit(&ring_);
     if (r < 0 && r != -EINTR && r != -EBUSY && r != -EAGAIN)
-      throw_errno(-r, "io_context: io_uring_enter");
+      throw_error(-r, "io_context", "io_context: io_uring_enter");
   }
 
   // The ring's fd polls readable while its completion queue holds entries. A completion that
@@ -208,7 +208,7 @@ class uring_backend final : public backend_base {
       // The kernel holds completions we have not read: read them (they only schedule).
       if (dispatch() == 0) io_uring_submit_and_wait(&ring_, 1);
     } else if (r < 0 && r != -EINTR) {
-      throw_errno(-r, "io_context: io_uring_submit");
+      throw_error(-r, "io_context", "io_context: io_uring_submit");
     }
   }
 
