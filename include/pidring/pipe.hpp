@@ -202,7 +202,7 @@ class pipe_writer {
   int fd() const noexcept { return fd_.get(); }
 
   /// Writes all of `data`. A reader that is gone gives std::system_error(EPIPE); the process is
-  /// never killed by SIGPIPE (io_context::run blocks it on the ring's thread).
+  /// never killed by SIGPIPE (io_context::run and poll() block it on the loop's thread).
   template <class = void>
   task<void> write_all(std::string_view data) { return write_all(data, {}); }
 

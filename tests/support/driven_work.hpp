@@ -13,6 +13,7 @@
 #include <pidring/run.hpp>
 #include <pidring/spawn.hpp>
 #include <pidring/task.hpp>
+#include <pidring/when_all.hpp>
 
 #include <catch2/catch_test_macros.hpp>
 
