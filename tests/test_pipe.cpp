@@ -84,7 +84,7 @@ TEST_CASE("a filter's output lands in the room reserved for it: no copy into a b
     pidring::run_options o;
     o.input = std::string(size, 'c');
     pidring::command cmd{"cat"};
-    co_return co_await pidring::run(io, cmd, std::move(o));
+    co_return co_await pidring::run(io, cmd, pidring::moved(o));
   };
   const pidring::completed r = io.run(t());
   REQUIRE(r.status.success());

@@ -11,6 +11,7 @@
 #include <pidring/detail/copy_tree.hpp>
 #include <pidring/detail/copy_uring.hpp>
 #include <pidring/detail/error.hpp>
+#include <pidring/detail/named_options.hpp>
 #include <pidring/io_context.hpp>
 #include <pidring/task.hpp>
 
@@ -401,16 +402,16 @@ task<std::uint64_t> copy_range_impl(io_context& io, int in, int out, std::uint64
     };
     auto all = [c = std::move(made), &pool](const work_control& ctl) mutable {
       c->prepare();
-      step out;
-      if (c->length == 0) return out;
+      step result;
+      if (c->length == 0) return result;
       c->plan_lanes();
       if (!c->copy_here(pool, ctl)) {
-        out.split = std::move(c);
-        return out;
+        result.split = std::move(c);
+        return result;
       }
       c->finish(ctl);
-      out.bytes = c->outcome.end - c->offset;
-      return out;
+      result.bytes = c->outcome.end - c->offset;
+      return result;
     };
     auto job = on_pool(pool, std::move(all), o.stop);
     step s = co_await job;
@@ -535,8 +536,18 @@ task<tree_result> copy_tree_impl(io_context& io, std::filesystem::path from, std
 /// "copy_file 'a' -> 'b': open source: No such file or directory".
 template <class = void>
 task<copy_result> copy_file(io_context& io, const std::filesystem::path& from,
-                                   const std::filesystem::path& to, copy_options options) {
+                                   const std::filesystem::path& to, const copy_options& options) {
   // A plain function: the paths are copied into the coroutine before the caller's may go away.
+  return detail::copy_file_impl(io, from, to, options);
+}
+
+/// copy_file with the options moved in (not on g++ 12: see detail/named_options.hpp).
+template <class Refused = void>
+task<copy_result> copy_file(io_context& io, const std::filesystem::path& from,
+                                   const std::filesystem::path& to, copy_options&& options) {
+#ifdef PIDRING_NAMED_OPTIONS_ONLY
+  static_assert(detail::named_options_only<Refused>, PIDRING_NAME_THE_OPTIONS("copy_options", "copy_file"));
+#endif
   return detail::copy_file_impl(io, from, to, std::move(options));
 }
 
@@ -555,7 +566,17 @@ task<copy_result> copy_file(io_context& io, const std::filesystem::path& from,
 /// once it has thrown (ECANCELED included) nothing more is written.
 template <class = void>
 task<std::uint64_t> copy_range(io_context& io, int from_fd, int to_fd, std::uint64_t offset,
-                                      std::uint64_t length, copy_options options) {
+                                      std::uint64_t length, const copy_options& options) {
+  return detail::copy_range_impl(io, from_fd, to_fd, offset, length, options);
+}
+
+/// copy_range with the options moved in (not on g++ 12: see detail/named_options.hpp).
+template <class Refused = void>
+task<std::uint64_t> copy_range(io_context& io, int from_fd, int to_fd, std::uint64_t offset,
+                                      std::uint64_t length, copy_options&& options) {
+#ifdef PIDRING_NAMED_OPTIONS_ONLY
+  static_assert(detail::named_options_only<Refused>, PIDRING_NAME_THE_OPTIONS("copy_options", "copy_range"));
+#endif
   return detail::copy_range_impl(io, from_fd, to_fd, offset, length, std::move(options));
 }
 
@@ -576,7 +597,17 @@ task<std::uint64_t> copy_range(io_context& io, int from_fd, int to_fd, std::uint
 /// built and throws std::system_error naming the path it concerns.
 template <class = void>
 task<tree_result> copy_tree(io_context& io, const std::filesystem::path& from,
-                                   const std::filesystem::path& to, tree_options options) {
+                                   const std::filesystem::path& to, const tree_options& options) {
+  return detail::copy_tree_impl(io, from, to, options);
+}
+
+/// copy_tree with the options moved in (not on g++ 12: see detail/named_options.hpp).
+template <class Refused = void>
+task<tree_result> copy_tree(io_context& io, const std::filesystem::path& from,
+                                   const std::filesystem::path& to, tree_options&& options) {
+#ifdef PIDRING_NAMED_OPTIONS_ONLY
+  static_assert(detail::named_options_only<Refused>, PIDRING_NAME_THE_OPTIONS("tree_options", "copy_tree"));
+#endif
   return detail::copy_tree_impl(io, from, to, std::move(options));
 }
 

@@ -80,7 +80,7 @@ TEST_CASE("asio: asio::io_context::run drives children, a 1 MiB capture and a sl
     const std::string input = test_util::mebibyte_input();
     pidring::run_options options;
     options.input = input;
-    pidring::task<pidring::completed> cat = pidring::run(io, cat_cmd, std::move(options));
+    pidring::task<pidring::completed> cat = pidring::run(io, cat_cmd, pidring::moved(options));
     pidring::completed captured = co_await driver.async_run(std::move(cat), asio::use_awaitable);
     r.cat = captured.status;
     r.cat_bytes = captured.out.size();
