@@ -2,6 +2,12 @@
 /// @file
 /// task<T>: a lazy, move-only coroutine (when_all is in when_all.hpp).
 
+// pidring.pc gives no -std= (a C++23 program must stay C++23): say what is missing in words,
+// before <coroutine> fails in its own.
+#if __cplusplus < 202002L
+#error "pidring needs C++20 or newer: compile with -std=c++20 (or a later standard)"
+#endif
+
 #include <pidring/detail/error.hpp>
 
 #include <cerrno>
@@ -21,91 +27,8 @@ template <class T = void>
 class task;
 
 namespace detail {
-
-// What a coroutine's co_await on A yields.
-template <class A>
-decltype(auto) get_awaiter(A&& a) {
-  if constexpr (requires { std::forward<A>(a).operator co_await(); })
-    return std::forward<A>(a).operator co_await();
-  else
-    return std::forward<A>(a);
-}
-template <class A>
-using await_result_t = decltype(get_awaiter(std::declval<A>()).await_resume());
-
 template <class T>
-using value_or_monostate = std::conditional_t<std::is_void_v<T>, std::monostate, T>;
-
-class task_promise_base {
- public:
-  std::suspend_always initial_suspend() noexcept { return {}; }
-
-  struct final_awaiter {
-    bool await_ready() noexcept { return false; }
-    template <class P>
-    std::coroutine_handle<> await_suspend(std::coroutine_handle<P> h) noexcept {
-      task_promise_base& p = h.promise();
-      if (p.finished_inline_) {
-        // Still inside the awaiter's await_suspend: let it continue its coroutine by returning.
-        *p.finished_inline_ = true;
-        return std::noop_coroutine();
-      }
-      return p.continuation_;
-    }
-    void await_resume() noexcept {}
-  };
-  final_awaiter final_suspend() noexcept { return {}; }
-  void unhandled_exception() noexcept { exception_ = std::current_exception(); }
-
-  // Starts the task from inside the awaiting coroutine's await_suspend. A task that finishes
-  // without suspending hands control back by returning (true), so a long sequence of ready tasks
-  // never nests resume() calls: the stack stays flat even where the compiler does not turn
-  // symmetric transfer into a tail call (g++ 12 at -O0). A task that suspends resumes its
-  // awaiter later by symmetric transfer from final_suspend.
-  bool start_inline(std::coroutine_handle<> self, std::coroutine_handle<> awaiter) noexcept {
-    continuation_ = awaiter;
-    bool finished = false;
-    finished_inline_ = &finished;
-    self.resume();
-    finished_inline_ = nullptr;
-    return finished;
-  }
-
-  std::coroutine_handle<> continuation_ = std::noop_coroutine();
-  std::exception_ptr exception_;
-
- private:
-  bool* finished_inline_ = nullptr;
-};
-
-template <class T>
-class task_promise : public task_promise_base {
- public:
-  task<T> get_return_object() noexcept;
-  template <class U = T>
-    requires std::is_convertible_v<U&&, T>
-  void return_value(U&& v) noexcept(std::is_nothrow_constructible_v<T, U&&>) {
-    value_.emplace(std::forward<U>(v));
-  }
-  T result() {
-    if (exception_) std::rethrow_exception(exception_);
-    return std::move(*value_);
-  }
-
- private:
-  std::optional<T> value_;
-};
-
-template <>
-class task_promise<void> : public task_promise_base {
- public:
-  task<void> get_return_object() noexcept;
-  void return_void() noexcept {}
-  void result() {
-    if (exception_) std::rethrow_exception(exception_);
-  }
-};
-
+class task_promise;
 }  // namespace detail
 
 /// A lazy coroutine producing a T (or nothing for task<void>). It starts when awaited (or when
@@ -146,10 +69,13 @@ class [[nodiscard]] task {
   struct awaiter {
     /// The task's coroutine.
     std::coroutine_handle<promise_type> h;
+    /// Ready at once if there is nothing to run (an empty task: await_resume throws) or it ended.
     bool await_ready() const noexcept { return !h || h.done(); }
+    /// Starts the task; false (resume the awaiter at once) if it ended without suspending.
     bool await_suspend(std::coroutine_handle<> awaiting) noexcept {
       return !h.promise().start_inline(h, awaiting);
     }
+    /// The task's value, or its exception rethrown.
     T await_resume() {
       if (!h) detail::throw_error(EINVAL, "task", "co_await of an empty task (default-constructed or moved from)");
       return h.promise().result();
@@ -165,17 +91,10 @@ class [[nodiscard]] task {
   std::coroutine_handle<promise_type> h_;
 };
 
-namespace detail {
-template <class T>
-task<T> task_promise<T>::get_return_object() noexcept {
-  return task<T>{std::coroutine_handle<task_promise<T>>::from_promise(*this)};
-}
-inline task<void> task_promise<void>::get_return_object() noexcept {
-  return task<void>{std::coroutine_handle<task_promise<void>>::from_promise(*this)};
-}
-}  // namespace detail
-
 }  // namespace pidring
+
+// The promise and what co_await needs of an awaitable.
+#include <pidring/detail/task_promise.hpp>
 
 // when_all moved to <pidring/when_all.hpp>; included here for one release so that code that found
 // it through this header keeps compiling. Include <pidring/when_all.hpp> where you use it.
