@@ -114,8 +114,14 @@ struct copy_result {
 
 /// What copy_tree's on_progress is told: regular files and their bytes, done of total.
 struct tree_progress {
-  std::uint64_t files_done = 0, files_total = 0;
-  std::uint64_t bytes_done = 0, bytes_total = 0;
+  /// Regular files copied so far.
+  std::uint64_t files_done = 0;
+  /// Regular files the walk found.
+  std::uint64_t files_total = 0;
+  /// Bytes of regular files copied so far.
+  std::uint64_t bytes_done = 0;
+  /// Bytes of all the regular files the walk found.
+  std::uint64_t bytes_total = 0;
 };
 
 /// How to copy a tree (name it before awaiting, as copy_options).
@@ -141,7 +147,18 @@ struct tree_options {
 /// What copy_tree made: regular files (hard links included), directories (the top one included),
 /// symbolic links, FIFOs and device nodes, sockets skipped, and the bytes of the regular files.
 struct tree_result {
-  std::uint64_t files = 0, directories = 0, symlinks = 0, specials = 0, skipped = 0, bytes = 0;
+  /// Regular files made, hard links included.
+  std::uint64_t files = 0;
+  /// Directories made, the top one included.
+  std::uint64_t directories = 0;
+  /// Symbolic links made.
+  std::uint64_t symlinks = 0;
+  /// FIFOs and device nodes made.
+  std::uint64_t specials = 0;
+  /// Entries not copied (sockets).
+  std::uint64_t skipped = 0;
+  /// Bytes of the regular files.
+  std::uint64_t bytes = 0;
 };
 
 namespace detail {
