@@ -321,7 +321,12 @@ struct exec_image {
       what += step_name(plan.failed_step);
       if (plan.failed_step == launch_step::chdir) what += " to " + quoted(cwd);
     }
-    throw_errno(plan.error, what);
+    const char* operation = plan.failed_step == launch_step::exec        ? "exec"
+                            : plan.failed_step == launch_step::chdir     ? "chdir"
+                            : plan.failed_step == launch_step::setsid    ? "setsid"
+                            : plan.failed_step == launch_step::pdeathsig ? "prctl"
+                                                                         : "spawn";
+    throw_error(plan.error, operation, what, argv.empty() || !argv[0] ? std::filesystem::path() : std::filesystem::path(argv[0]));
   }
 };
 

@@ -383,11 +383,12 @@ inline mode_t current_umask() noexcept {
 
 // The source, opened and checked to be a regular file. stat first (a device is never opened),
 // and O_NONBLOCK: a FIFO that appears between stat and open must be refused, never waited on.
-inline unique_fd open_source(const std::filesystem::path& from, struct stat& st, const std::string& who) {
-  if (::stat(from.c_str(), &st) != 0) throw_errno(errno, who + ": open source");
+inline unique_fd open_source(const std::filesystem::path& from, struct stat& st, const std::string& who,
+                             const std::filesystem::path& to = {}) {
+  if (::stat(from.c_str(), &st) != 0) throw_error(errno, "open source", who + ": open source", from, to);
   require_regular(st, who, "source");
   unique_fd fd(::open(from.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK));
-  if (!fd) throw_errno(errno, who + ": open source");
+  if (!fd) throw_error(errno, "open source", who + ": open source", from, to);
   if (::fstat(fd.get(), &st) != 0) throw_errno(errno, who + ": fstat source");
   require_regular(st, who, "source");  // replaced between stat and open
   return fd;
@@ -483,7 +484,7 @@ struct file_copy final : data_copy {
 
   // Opens the source, checks the destination, creates the file to write beside it.
   void prepare() override {
-    in = open_source(from, src, who);
+    in = open_source(from, src, who, to);
     // Our own open file description: a larger read-ahead window helps cold copies (cp does it).
     ::posix_fadvise(in.get(), 0, 0, POSIX_FADV_SEQUENTIAL);
     // Reads on the ring (the uring method) of an O_NONBLOCK file come back -EAGAIN on a cache miss.

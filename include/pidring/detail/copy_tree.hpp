@@ -107,7 +107,7 @@ struct tree_copy {
     src_root.reset(::open(from.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOCTTY));
     if (!src_root) {
       if (errno == ENOTDIR) throw_errno(ENOTDIR, who + ": the source is not a directory");
-      throw_errno(errno, who + ": open source");
+      throw_error(errno, "open source", who + ": open source", from, to);
     }
     struct stat root {};
     if (::fstat(src_root.get(), &root) != 0) throw_errno(errno, who + ": fstat source");
