@@ -110,7 +110,10 @@ class io_context {
   /// rethrown by the next poll() or run(), not by start(). A task still running when the
   /// context is destroyed is dropped where it waits (its operations are cancelled, it is not
   /// resumed, its frame is destroyed), as Asio and tokio drop theirs.
-  void start(task<void> t) { loop_.adopt(std::move(t)); }
+  template <class = void>  // (so that a program that never calls it gets no code from it)
+  void start(task<void> t) {
+    loop_.adopt(std::move(t));
+  }
 
   /// @}
 

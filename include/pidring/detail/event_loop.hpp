@@ -322,6 +322,9 @@ class event_loop {
   }
 
   // io_context::start: the context owns `t` and runs it from the next run() or poll().
+  // (A template, as own() is: g++ emits a coroutine into every translation unit that
+  // instantiates it, used or not.)
+  template <class = void>
   void adopt(task<void> t) {
     if (broken_)
       throw_error(ENOTRECOVERABLE, "io_context", "io_context::start: the context failed in an earlier run() or poll()");
