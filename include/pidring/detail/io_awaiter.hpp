@@ -141,7 +141,7 @@ class sleep_awaiter {
 class poll_awaiter {
  public:
   poll_awaiter(event_loop& loop, int fd, short events, std::stop_token stop)
-      : op_(loop, operation::readiness(fd, events), stop), fd_(fd), stoppable_(stop.stop_possible()) {}
+      : fd_(fd), stoppable_(stop.stop_possible()), op_(loop, operation::readiness(fd, events), std::move(stop)) {}
   bool await_ready() noexcept { return op_.await_ready(); }
   void await_suspend(std::coroutine_handle<> h) { op_.await_suspend(h); }
   short await_resume() {
@@ -153,9 +153,9 @@ class poll_awaiter {
   }
 
  private:
-  io_awaiter op_;
   int fd_;
-  bool stoppable_;
+  bool stoppable_;  // (before op_, which takes the stop token)
+  io_awaiter op_;
 };
 
 }  // namespace pidring::detail
