@@ -83,7 +83,7 @@ int floor_copy(const char* from, const char* to) {
 pidring::task<pidring::copy_result> do_copy(pidring::io_context& io, std::string from,
                                             std::string to, pidring::copy_options opts) {
   const std::filesystem::path src = from, dst = to;
-  pidring::copy_result r = co_await pidring::copy_file(io, src, dst, std::move(opts));
+  pidring::copy_result r = co_await pidring::copy_file(io, src, dst, opts);
   co_return r;
 }
 

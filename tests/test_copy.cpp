@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
+#include <sstream>
 #include <string>
 #include <system_error>
 #include <thread>
@@ -81,7 +82,12 @@ void check_identical_copies(copy_method method, const fs::path& where) {
 
 // ---- byte-identical copies ------------------------------------------------------------------
 
-TEST_CASE("copy_method: to_string names every method", "[copy]") {
+TEST_CASE("copy_method: to_string names every method, as a std::string, and operator<< writes it", "[copy]") {
+  const std::string name = pidring::to_string(copy_method::copy_file_range);  // a string, as exit_status's
+  std::ostringstream out;
+  out << copy_method::reflink;
+  CHECK(out.str() == "reflink");
+  CHECK(name == "copy_file_range");
   CHECK(pidring::to_string(copy_method::automatic) == "automatic");
   CHECK(pidring::to_string(copy_method::reflink) == "reflink");
   CHECK(pidring::to_string(copy_method::copy_file_range) == "copy_file_range");

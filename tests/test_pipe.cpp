@@ -1,6 +1,8 @@
 // Child stdio through the ring: pipe_reader, pipe_writer, run().
 #include <pidring/child.hpp>
+#include <pidring/error.hpp>
 #include <pidring/io_context.hpp>
+#include <pidring/pipe.hpp>
 #include <pidring/run.hpp>
 #include <pidring/spawn.hpp>
 #include <pidring/task.hpp>
@@ -15,8 +17,10 @@
 #include "wait_paths.hpp"
 
 #include <fcntl.h>
+#include <unistd.h>
 
 #include <chrono>
+#include <stop_token>
 #include <csignal>
 #include <string>
 #include <vector>
@@ -80,7 +84,7 @@ TEST_CASE("a filter's output lands in the room reserved for it: no copy into a b
     pidring::run_options o;
     o.input = std::string(size, 'c');
     pidring::command cmd{"cat"};
-    co_return co_await pidring::run(io, cmd, std::move(o));
+    co_return co_await pidring::run(io, cmd, pidring::moved(o));
   };
   const pidring::completed r = io.run(t());
   REQUIRE(r.status.success());
@@ -318,4 +322,52 @@ TEST_CASE("pipe accessors without stdio::pipe() are a logic error", "[pipe]") {
   CHECK_THROWS_AS(c.in(), std::logic_error);
   auto t = [&]() -> pidring::task<void> { co_await c.wait(); };
   io.run(t());
+}
+
+TEST_CASE("pipe errors are pidring::errors naming the operation: write, read, cancelled read", "[pipe][error]") {
+  pidring::io_context io;
+  int fds[2];
+  REQUIRE(::pipe2(fds, O_CLOEXEC) == 0);
+  pidring::pipe_reader reader(io, pidring::detail::unique_fd(fds[0]), "the test's pipe");
+  pidring::pipe_writer writer(io, pidring::detail::unique_fd(fds[1]), "the test's pipe");
+  struct outcome {
+    std::string operation, message;
+    int code = 0;
+    bool path_empty = false;
+  };
+  auto catch_error = [](pidring::task<void> t) -> pidring::task<outcome> {
+    try {
+      co_await std::move(t);
+    } catch (const pidring::error& e) {
+      co_return outcome{std::string(e.operation()), e.what(), e.code().value(), e.path().empty() && e.other_path().empty()};
+    }
+    co_return outcome{};
+  };
+  std::stop_source stop;
+  auto stopped_read = [&]() -> pidring::task<void> {
+    std::byte buf[16];
+    stop.request_stop();
+    co_await reader.read_some(buf, stop.get_token());
+  };
+  const outcome cancelled = io.run(catch_error(stopped_read()));
+  CHECK(cancelled.operation == "read");
+  CHECK(cancelled.code == ECANCELED);
+  CHECK(cancelled.message == "read from the test's pipe: cancelled: Operation canceled");
+  CHECK(cancelled.path_empty);
+
+  reader.close();
+  auto write = [&]() -> pidring::task<void> { co_await writer.write_all("x"); };
+  const outcome broken = io.run(catch_error(write()));
+  CHECK(broken.operation == "write");
+  CHECK(broken.code == EPIPE);
+  CHECK(broken.message == "write to the test's pipe: Broken pipe");
+
+  auto read_closed = [&]() -> pidring::task<void> {
+    std::byte buf[16];
+    co_await reader.read_some(buf);
+  };
+  const outcome closed = io.run(catch_error(read_closed()));
+  CHECK(closed.operation == "read");
+  CHECK(closed.code == EBADF);
+  CHECK(closed.message == "read from the test's pipe: it is closed: Bad file descriptor");
 }

@@ -3,6 +3,7 @@
 #include <pidring/io_context.hpp>
 #include <pidring/poll_fd.hpp>
 #include <pidring/task.hpp>
+#include <pidring/when_all.hpp>
 
 #include <catch2/catch_test_macros.hpp>
 

@@ -26,6 +26,7 @@
 #include <condition_variable>
 #include <csignal>
 #include <mutex>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -577,6 +578,16 @@ TEST_CASE("exit_status from waitpid and waitid forms", "[process]") {
   info.si_code = CLD_DUMPED;
   info.si_status = SIGABRT;
   CHECK(pidring::exit_status::from_siginfo(info) == pidring::exit_status::from_wait_status(SIGABRT | 0x80));
+}
+
+TEST_CASE("exit_status: to_string(), pidring::to_string and operator<< give the same std::string", "[process]") {
+  const auto killed = pidring::exit_status::from_wait_status(SIGKILL);
+  const std::string member = killed.to_string();
+  const std::string by_function = pidring::to_string(killed);
+  CHECK(by_function == member);
+  std::ostringstream out;
+  out << killed << "; " << pidring::exit_status::from_wait_status(3 << 8);
+  CHECK(out.str() == "killed by signal 9 (SIGKILL); exited with code 3");
 }
 
 TEST_CASE("pidring needs no SIGCHLD and leaves its disposition alone", "[process]") {

@@ -47,7 +47,8 @@ TEST_CASE("groups: signal_group(SIGKILL) ends sh -c 'sleep 100 & sleep 100 & wai
           "[process][group]") {
   pidring::io_context io(test_util::wait_paths());
   test_util::tree_witness tree;
-  auto c = pidring::spawn(io, two_sleepers, group_leader(tree));
+  const pidring::spawn_options leader = group_leader(tree);
+  auto c = pidring::spawn(io, two_sleepers, leader);
   REQUIRE(io.run(first_line(c)) == "started");
   REQUIRE(tree.alive());
   c.signal_group(SIGKILL);
@@ -107,7 +108,8 @@ TEST_CASE("groups: shutdown() of a group leader ends its grandchildren, with SIG
   pidring::io_context io(test_util::wait_paths());
   test_util::tree_witness tree;
   SECTION("everything ends at SIGTERM") {
-    auto c = pidring::spawn(io, two_sleepers, group_leader(tree));
+    const pidring::spawn_options leader = group_leader(tree);
+    auto c = pidring::spawn(io, two_sleepers, leader);
     REQUIRE(io.run(first_line(c)) == "started");
     auto t = [&]() -> pidring::task<pidring::exit_status> { co_return co_await c.shutdown(10s); };
     const auto start = std::chrono::steady_clock::now();
@@ -118,7 +120,8 @@ TEST_CASE("groups: shutdown() of a group leader ends its grandchildren, with SIG
   }
   SECTION("the leader ends at SIGTERM, its children ignore it: SIGKILL before the leader is reaped") {
     pidring::command sh{"sh", "-c", "(trap '' TERM; exec sleep 100) & echo started; wait"};
-    auto c = pidring::spawn(io, sh, group_leader(tree));
+    const pidring::spawn_options leader = group_leader(tree);
+    auto c = pidring::spawn(io, sh, leader);
     REQUIRE(io.run(first_line(c)) == "started");
     auto t = [&]() -> pidring::task<pidring::exit_status> { co_return co_await c.shutdown(10s); };
     const pidring::exit_status st = io.run(t());
@@ -127,7 +130,8 @@ TEST_CASE("groups: shutdown() of a group leader ends its grandchildren, with SIG
   }
   SECTION("everything ignores SIGTERM: SIGKILL to the group after the grace") {
     pidring::command sh{"sh", "-c", "trap '' TERM; sleep 100 & sleep 100 & echo started; wait"};
-    auto c = pidring::spawn(io, sh, group_leader(tree));
+    const pidring::spawn_options leader = group_leader(tree);
+    auto c = pidring::spawn(io, sh, leader);
     REQUIRE(io.run(first_line(c)) == "started");
     auto t = [&]() -> pidring::task<pidring::exit_status> { co_return co_await c.shutdown(200ms); };
     const pidring::exit_status st = io.run(t());
@@ -175,7 +179,8 @@ TEST_CASE("groups: signal_group refuses a child that leads no group, and never g
   SECTION("after the leader is reaped, on this kernel the pidfd still names its group exactly") {
     test_util::tree_witness tree;
     pidring::command sh{"sh", "-c", "sleep 100 & echo started"};
-    auto c = pidring::spawn(io, sh, group_leader(tree));
+    const pidring::spawn_options leader = group_leader(tree);
+    auto c = pidring::spawn(io, sh, leader);
     REQUIRE(io.run(first_line(c)) == "started");
     REQUIRE(io.run(test_util::wait_task(c)).success());  // reaped; its sleep still runs
     REQUIRE(tree.alive());

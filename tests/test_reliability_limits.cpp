@@ -476,6 +476,15 @@ TEST_CASE("reliability: io_uring_setup refused by seccomp (EPERM): backend::io_u
         "io_context(backend::io_uring) under a seccomp filter");
     expect(contains(msg, "io_uring_setup") && contains(msg, "seccomp"),
            "the message names io_uring_setup and seccomp: " + msg);
+    bool as_data = false;
+    try {
+      pidring::context_options o;
+      o.backend = pidring::backend::io_uring;
+      pidring::io_context io(o);
+    } catch (const pidring::error& e) {
+      as_data = e.operation() == "io_context" && e.code() == std::errc::operation_not_permitted && e.path().empty();
+    }
+    expect(as_data, "the refusal is a pidring::error: operation io_context, EPERM, no path");
     ::unsetenv("PIDRING_BACKEND");
     pidring::io_context io;
     expect(io.backend() == pidring::backend::epoll, "automatic falls back to epoll");

@@ -4,6 +4,7 @@
 #include <pidring/run.hpp>
 #include <pidring/spawn.hpp>
 #include <pidring/task.hpp>
+#include <pidring/when_all.hpp>
 #include <pidring/this_process.hpp>
 
 #include <catch2/catch_test_macros.hpp>
@@ -127,7 +128,7 @@ TEST_CASE("when_all rethrows the first exception after every task has finished",
   CHECK(finished);
 }
 
-TEST_CASE("a sleep is cancelled by a stop request from the ring's thread", "[runtime]") {
+TEST_CASE("a sleep is cancelled by a stop request from the loop's thread", "[runtime]") {
   pidring::io_context io;
   std::stop_source stop;
   auto sleeper = [&]() -> pidring::task<bool> { co_return co_await pidring::sleep_for(io, 10s, stop.get_token()); };
@@ -182,7 +183,7 @@ TEST_CASE("more concurrent operations than SQ entries are all completed", "[runt
 TEST_CASE("run on a context that is already running is refused", "[runtime]") {
   pidring::io_context io;
   auto t = [&]() -> pidring::task<void> {
-    CHECK_THROWS_AS(io.run(ready_value(1)), std::logic_error);
+    CHECK_THROWS_AS(io.run(ready_value(1)), pidring::error);
     co_return;
   };
   io.run(t());

@@ -3,6 +3,7 @@
 // end, and headers that never open a file without O_CLOEXEC. Scenarios that can crash or hang,
 // or that need lowered limits or seccomp filters, run in a watched helper (test_safety_util.hpp).
 #include <pidring/child.hpp>
+#include <pidring/error.hpp>
 #include <pidring/detail/test_hooks.hpp>
 #include <pidring/io_context.hpp>
 #include <pidring/pipe.hpp>
@@ -131,28 +132,28 @@ TEST_CASE("runtime: context_options::entries 0 and 1 give a context whose timed 
 
 // ---- item 13 -----------------------------------------------------------------------------------
 
-TEST_CASE("runtime: co_await of an empty task throws std::logic_error instead of crashing", "[safety][runtime]") {
+TEST_CASE("runtime: co_await of an empty task throws pidring::error (task, EINVAL) instead of crashing", "[safety][runtime][error]") {
   const auto r = safety::run_watched([] {
     pidring::io_context io;
     auto await_empty_int = []() -> pidring::task<int> {
       pidring::task<int> empty;
       try {
         co_return co_await std::move(empty);
-      } catch (const std::logic_error&) {
-        co_return -1;
+      } catch (const pidring::error& e) {
+        co_return e.operation() == "task" && e.code() == std::errc::invalid_argument ? -1 : -2;
       }
     };
     auto await_empty_void = []() -> pidring::task<int> {
       pidring::task<void> empty;
       try {
         co_await std::move(empty);
-      } catch (const std::logic_error&) {
-        co_return -1;
+      } catch (const pidring::error& e) {
+        co_return e.operation() == "task" ? -1 : -2;
       }
       co_return 0;
     };
-    expect(io.run(await_empty_int()) == -1, "co_await of an empty task<int> throws std::logic_error");
-    expect(io.run(await_empty_void()) == -1, "co_await of an empty task<void> throws std::logic_error");
+    expect(io.run(await_empty_int()) == -1, "co_await of an empty task<int> throws pidring::error 'task' EINVAL");
+    expect(io.run(await_empty_void()) == -1, "co_await of an empty task<void> throws pidring::error 'task'");
   });
   safety::require_ok(r);
 }

@@ -8,6 +8,7 @@
 /// which thread, and what someone who owns part of a tree can and cannot make a copy do.
 
 #include <pidring/copy_options.hpp>
+#include <pidring/detail/named_options.hpp>
 #include <pidring/io_context.hpp>
 #include <pidring/task.hpp>
 
@@ -24,7 +25,13 @@ namespace pidring {
 /// "copy_file 'a' -> 'b': open source: No such file or directory".
 template <class = void>
 task<copy_result> copy_file(io_context& io, const std::filesystem::path& from, const std::filesystem::path& to,
-                            copy_options options);
+                            const copy_options& options);
+
+/// copy_file with the options moved in: refused on g++ 12 (see detail/named_options.hpp), which
+/// miscompiles an options object made inside a co_await expression; name the options there.
+template <class Refused = void>
+task<copy_result> copy_file(io_context& io, const std::filesystem::path& from, const std::filesystem::path& to,
+                            copy_options&& options);
 
 /// copy_file with default options (an overload rather than a default argument: see copy_options).
 template <class = void>
@@ -38,7 +45,13 @@ task<copy_result> copy_file(io_context& io, const std::filesystem::path& from, c
 /// once it has thrown (ECANCELED included) nothing more is written.
 template <class = void>
 task<std::uint64_t> copy_range(io_context& io, int from_fd, int to_fd, std::uint64_t offset, std::uint64_t length,
-                               copy_options options);
+                               const copy_options& options);
+
+/// copy_range with the options moved in: refused on g++ 12 (see detail/named_options.hpp), which
+/// miscompiles an options object made inside a co_await expression; name the options there.
+template <class Refused = void>
+task<std::uint64_t> copy_range(io_context& io, int from_fd, int to_fd, std::uint64_t offset, std::uint64_t length,
+                               copy_options&& options);
 
 /// copy_range with default options.
 template <class = void>
@@ -57,7 +70,13 @@ task<std::uint64_t> copy_range(io_context& io, int from_fd, int to_fd, std::uint
 /// naming the path it concerns.
 template <class = void>
 task<tree_result> copy_tree(io_context& io, const std::filesystem::path& from, const std::filesystem::path& to,
-                            tree_options options);
+                            const tree_options& options);
+
+/// copy_tree with the options moved in: refused on g++ 12 (see detail/named_options.hpp), which
+/// miscompiles an options object made inside a co_await expression; name the options there.
+template <class Refused = void>
+task<tree_result> copy_tree(io_context& io, const std::filesystem::path& from, const std::filesystem::path& to,
+                            tree_options&& options);
 
 /// copy_tree with default options.
 template <class = void>

@@ -8,7 +8,9 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <iosfwd>
 #include <stop_token>
+#include <string>
 #include <string_view>
 
 namespace pidring {
@@ -23,8 +25,9 @@ enum class copy_method {
                     ///< epoll backend it runs as read_write)
 };
 
-/// The method's name: "automatic", "reflink", "copy_file_range", "read_write", "uring".
-inline std::string_view to_string(copy_method m) noexcept {
+/// The method's name: "automatic", "reflink", "copy_file_range", "read_write", "uring". A
+/// std::string, as pidring::to_string(exit_status) and exit_status::to_string() give.
+inline std::string to_string(copy_method m) {
   switch (m) {
     case copy_method::automatic: return "automatic";
     case copy_method::reflink: return "reflink";
@@ -35,9 +38,17 @@ inline std::string_view to_string(copy_method m) noexcept {
   return "unknown";
 }
 
+/// Writes to_string(m).
+template <class Traits>
+std::basic_ostream<char, Traits>& operator<<(std::basic_ostream<char, Traits>& out, copy_method m) {
+  return out << to_string(m);
+}
+
 /// What copy_file's and copy_range's on_progress is told: data bytes copied so far, of `total`.
 struct copy_progress {
+  /// Data bytes copied so far (holes of a sparse source are not counted).
   std::uint64_t done = 0;
+  /// Data bytes to copy in all.
   std::uint64_t total = 0;
 };
 

@@ -30,8 +30,12 @@ struct error_access;
 ///   "setgroups", "setresgid", "setresuid", "umask", "setrlimit", "prctl", "cgroup",
 ///   "sigaction", "dup2", "close_range" (the child's set-up steps);
 /// - **children**: "wait", "signal";
-/// - **pipes**: "read", "write";
-/// - **the context**: "io_context", "sleep_for", "poll_fd", "this_process";
+/// - **pipes** (pipe_reader, pipe_writer): "read", "write" (also ECANCELED when stopped, and
+///   EBADF once closed);
+/// - **the context**: "io_context" (setting up the backend, its wake-up fds, run(), poll() and
+///   start() refused: EDEADLK from inside the loop, ENOTRECOVERABLE after the backend failed,
+///   EINVAL for an empty task or a bad PIDRING_BACKEND), "sleep_for", "poll_fd",
+///   "this_process", "task" (EINVAL: co_await of an empty task);
 /// - **copies** (copy_file, copy_range, copy_tree): "open source", "open destination
 ///   directory", "create destination", "stat destination", "read source", "write destination",
 ///   "copy_file_range", "reflink", "truncate", "chmod", "chown", "set times", "set xattr",

@@ -6,6 +6,7 @@
 
 #include <csignal>
 #include <cstring>
+#include <iosfwd>
 #include <string>
 
 namespace pidring {
@@ -40,7 +41,8 @@ class exit_status {
   /// exited() && code() == 0.
   bool success() const noexcept { return exited() && value_ == 0; }
 
-  /// "exited with code 3", "killed by signal 9 (SIGKILL)", "killed by signal 6 (SIGABRT) (core dumped)".
+  /// "exited with code 3", "killed by signal 9 (SIGKILL)", "killed by signal 6 (SIGABRT) (core
+  /// dumped)". The same text as pidring::to_string(status) and `stream << status`.
   std::string to_string() const {
     if (exited()) return "exited with code " + std::to_string(value_);
     std::string s = "killed by signal " + std::to_string(value_) + " (" + signal_name(value_) + ")";
@@ -66,5 +68,15 @@ class exit_status {
   bool core_dumped_ = false;
   int value_ = 0;
 };
+
+/// status.to_string(), as a free function like pidring::to_string(copy_method) (both a std::string).
+inline std::string to_string(const exit_status& status) { return status.to_string(); }
+
+/// Writes status.to_string(): `std::cout << status` prints "exited with code 3". (A template on the
+/// stream's traits, so that this header needs `<iosfwd>` only; std::ostream is one.)
+template <class Traits>
+std::basic_ostream<char, Traits>& operator<<(std::basic_ostream<char, Traits>& out, const exit_status& status) {
+  return out << status.to_string();
+}
 
 }  // namespace pidring

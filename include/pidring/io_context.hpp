@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstddef>
 #include <stop_token>
 
 namespace pidring {
@@ -71,11 +72,50 @@ class io_context {
   /// in flight to complete, and closes the backend.
   ~io_context() = default;
 
-  /// Drives the loop until `t` ends; returns its value or rethrows its exception.
+  /// Drives the loop until `t` ends; returns its value or rethrows its exception. Tasks given
+  /// to start() run meanwhile. First rethrows (once) an exception that escaped a started task
+  /// earlier, if any, without running `t`. Not from inside run() or poll().
   template <class T>
   T run(task<T> t) {
     return loop_.run(std::move(t));
   }
+
+  /// @name Driven by another event loop
+  /// A program with its own loop (Boost.Asio, libuv, Qt, an epoll or poll(2) loop) watches
+  /// native_handle() for readability and calls poll() whenever it is readable; it never calls
+  /// run(). `pidring/asio.hpp` does this for Asio; docs/guide.md shows libuv and poll(2).
+  /// @{
+
+  /// A file descriptor that polls readable whenever poll() has work: a child exited, a pipe or
+  /// an fd of poll_fd became ready, a timer fired, a copy finished on the pool, a stop was
+  /// requested, work was posted from another thread, a task was start()ed. It is the
+  /// io_uring's fd or the epoll fd itself, owned by the context. Give it to
+  /// asio::posix::stream_descriptor::async_wait, uv_poll_t, epoll or poll(2), for reading.
+  ///
+  /// On io_uring a completion first interrupts a blocking poll(2) or epoll_wait on the loop's
+  /// thread (EINTR: io_uring's task work), then the fd is readable when the call is retried;
+  /// every event loop retries, and so must a hand-written one.
+  int native_handle() const noexcept { return loop_.native_handle(); }
+
+  /// Runs what is ready and takes what the kernel has finished, never blocking: resumes the
+  /// coroutines whose operations completed (and the ones they make ready, for a few rounds).
+  /// Returns how many coroutines it resumed, 0 when there was nothing to do. If work remains,
+  /// native_handle() stays readable. Rethrows, exactly once, an exception that escaped a task
+  /// given to start() (the oldest first); the context keeps working afterwards.
+  /// Call it on one thread at a time; not from inside run() or poll().
+  std::size_t poll() { return loop_.poll(); }
+
+  /// Hands `t` to the context, which owns it and runs it from the next poll() or run() on.
+  /// Returns at once: `t` does not start here, and its exception (if one escapes it) is
+  /// rethrown by the next poll() or run(), not by start(). A task still running when the
+  /// context is destroyed is dropped where it waits (its operations are cancelled, it is not
+  /// resumed, its frame is destroyed), as Asio and tokio drop theirs.
+  template <class = void>  // (so that a program that never calls it gets no code from it)
+  void start(task<void> t) {
+    loop_.adopt(std::move(t));
+  }
+
+  /// @}
 
   /// Whether child waits are the kernel's IORING_OP_WAITID (io_uring on Linux 6.7+).
   bool has_waitid_op() const noexcept { return loop_.has_waitid_op(); }

@@ -17,3 +17,4 @@
 #include <pidring/task.hpp>
 #include <pidring/this_process.hpp>
 #include <pidring/version.hpp>
+#include <pidring/when_all.hpp>

@@ -61,7 +61,7 @@ class pipe_reader {
     if (buf.empty()) co_return 0;
     if (pos_ < buffer_.size()) co_return take_buffered(buf);
     int n = co_await read_raw(buf.data(), buf.size(), stop);
-    if (n == -ECANCELED) detail::throw_errno(ECANCELED, "read from " + name_ + ": cancelled");
+    if (n == -ECANCELED) detail::throw_error(ECANCELED, "read", "read from " + name_ + ": cancelled");
     co_return static_cast<std::size_t>(n);
   }
 
@@ -172,10 +172,10 @@ class pipe_reader {
   // One read: bytes read, 0 at EOF, -ECANCELED when stopped; other errors throw.
   template <class = void>
   task<int> read_raw(void* data, std::size_t size, std::stop_token stop) {
-    if (!fd_) detail::throw_errno(EBADF, "read from " + name_ + ": it is closed");
+    if (!fd_) detail::throw_error(EBADF, "read", "read from " + name_ + ": it is closed");
     const auto op = detail::operation::make(detail::op_code::read, fd_.get(), data, size);
     const std::optional<std::size_t> n =
-        co_await detail::perform(detail::loop_of(*io_), op, std::move(stop), "read from ", name_);
+        co_await detail::perform(detail::loop_of(*io_), op, std::move(stop), "read", "read from ", name_);
     co_return n ? static_cast<int>(*n) : -ECANCELED;
   }
 
@@ -202,19 +202,19 @@ class pipe_writer {
   int fd() const noexcept { return fd_.get(); }
 
   /// Writes all of `data`. A reader that is gone gives std::system_error(EPIPE); the process is
-  /// never killed by SIGPIPE (io_context::run blocks it on the ring's thread).
+  /// never killed by SIGPIPE (io_context::run and poll() block it on the loop's thread).
   template <class = void>
   task<void> write_all(std::string_view data) { return write_all(data, {}); }
 
   /// Like write_all(data); a stop request ends it with std::system_error(ECANCELED).
   template <class = void>
   task<void> write_all(std::string_view data, std::stop_token stop) {
-    if (!fd_) detail::throw_errno(EBADF, "write to " + name_ + ": it is closed");
+    if (!fd_) detail::throw_error(EBADF, "write", "write to " + name_ + ": it is closed");
     while (!data.empty()) {
       const auto op = detail::operation::make(detail::op_code::write, fd_.get(),
                                               const_cast<char*>(data.data()), data.size());
       const std::size_t n =
-          co_await detail::perform_or_throw(detail::loop_of(*io_), op, stop, "write to ", name_);
+          co_await detail::perform_or_throw(detail::loop_of(*io_), op, stop, "write", "write to ", name_);
       data.remove_prefix(n);
     }
   }

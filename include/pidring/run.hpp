@@ -3,6 +3,7 @@
 /// run(): start a program, feed its stdin, capture stdout and stderr, and wait, without deadlock.
 
 #include <pidring/child.hpp>
+#include <pidring/detail/named_options.hpp>
 #include <pidring/io_context.hpp>
 #include <pidring/resource_usage.hpp>
 #include <pidring/spawn.hpp>
@@ -137,12 +138,45 @@ task<completed> run_impl(io_context& io, command cmd, run_options o) {
 /// takes its group with it: the timeout kills the whole group, and when the child ends, what is
 /// left of its group is killed too, so `sh -c 'sleep 100 & exit'` returns at once and leaves
 /// nothing running.
-///
-/// g++ 12 miscompiles aggregate temporaries inside a co_await expression (such as
-/// `co_await run(io, cmd, {.input = "x"})`): name the options first on that compiler.
 template <class = void>
-task<completed> run(io_context& io, const command& cmd, run_options options) {
+task<completed> run(io_context& io, const command& cmd, const run_options& options) {
+  return detail::run_impl(io, cmd, options);
+}
+
+/// run() with options moved in. On g++ 12 this does not compile, with a message that says what
+/// to write: that compiler miscompiles an options object made inside a co_await expression
+/// (`co_await run(io, cmd, {.input = "x"})` would crash), so name the options and pass them by
+/// name there, or as pidring::moved(o) to move a large input in rather than copy it.
+template <class Refused = void>
+task<completed> run(io_context& io, const command& cmd, run_options&& options) {
+#ifdef PIDRING_NAMED_OPTIONS_ONLY
+  static_assert(detail::named_options_only<Refused>,
+                PIDRING_NAME_THE_OPTIONS("run_options", "run") " To move a large input in: run(..., pidring::moved(o)).");
+#endif
   return detail::run_impl(io, cmd, std::move(options));
+}
+
+/// What pidring::moved(o) gives: run() takes the options out of `o` (moves them) when called.
+/// Not an aggregate, so it is safe inside a co_await expression on every compiler.
+class moved_run_options {
+ public:
+  /// Refers to `o`, which run() empties.
+  explicit moved_run_options(run_options& o) noexcept : options_(&o) {}
+  /// The options, as an rvalue.
+  run_options&& take() const noexcept { return std::move(*options_); }
+
+ private:
+  run_options* options_;
+};
+
+/// `co_await run(io, cmd, pidring::moved(o))`: moves the options (and a large input) into run()
+/// without a copy, also on g++ 12, where `std::move(o)` is refused.
+inline moved_run_options moved(run_options& o) noexcept { return moved_run_options(o); }
+
+/// run() taking the options out of the variable pidring::moved(o) names.
+template <class = void>
+task<completed> run(io_context& io, const command& cmd, moved_run_options options) {
+  return detail::run_impl(io, cmd, options.take());
 }
 
 /// run(io, cmd, run_options{}): an overload rather than a default argument, because g++ 12

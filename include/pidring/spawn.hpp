@@ -7,6 +7,7 @@
 #include <pidring/child.hpp>
 #include <pidring/detail/credentials.hpp>
 #include <pidring/detail/launch.hpp>
+#include <pidring/detail/named_options.hpp>
 #include <pidring/io_context.hpp>
 
 #include <fcntl.h>
@@ -38,8 +39,16 @@ namespace pidring {
 /// No shell is involved: every argument reaches the program exactly as given.
 class command {
  public:
-  /// `command{"ls", "-l"}`: the program, then its arguments.
-  command(std::initializer_list<std::string> argv) : argv_(argv) {}
+  /// `command{"ls", "-l"}`: the program, then its arguments (anything a std::string can be
+  /// made from). A variadic constructor rather than std::initializer_list, so that
+  /// `co_await run(io, {"ls", "-l"})` compiles on g++ 12, which rejects an initializer list's
+  /// array inside a co_await expression ("array used as initializer").
+  template <class... Args>
+    requires(sizeof...(Args) > 0 && (std::constructible_from<std::string, Args &&> && ...))
+  command(Args&&... argv) {
+    argv_.reserve(sizeof...(Args));
+    (argv_.emplace_back(std::forward<Args>(argv)), ...);
+  }
   /// The whole argv at once.
   explicit command(std::vector<std::string> argv) : argv_(std::move(argv)) {}
   /// Appends an argument.
@@ -168,11 +177,11 @@ namespace detail {
 
 inline std::string printable(const std::string& s) {
   std::string out;
-  for (unsigned char c : s) {
-    if (c == 0)
+  for (const char c : s) {
+    if (c == '\0')
       out += "\\0";
     else
-      out += static_cast<char>(c);
+      out += c;
   }
   return out;
 }
@@ -689,7 +698,7 @@ child spawn_callable(io_context& io, const spawn_options& o, F& f) {
 /// except SIGPIPE, which starts at SIG_DFL unless spawn_options::keep_sigpipe_ignored;
 /// spawn_options::default_signals resets more.
 template <class = void>
-child spawn(io_context& io, const command& cmd, const spawn_options& o = {}) {
+child spawn(io_context& io, const command& cmd, const spawn_options& o) {
   detail::orphans().sweep();
   detail::program_launch p(cmd, o);
   detail::launched l = p.identity.launch_program(p.plan, p.who);
@@ -697,6 +706,24 @@ child spawn(io_context& io, const command& cmd, const spawn_options& o = {}) {
   p.check(l);
   owned.release();
   return detail::make_child(io, l, p.name, o, p.fds, p.identity.cgroup);
+}
+
+/// spawn(io, cmd, spawn_options{}): an overload rather than a default argument, which g++ 12 would
+/// make inside the caller's co_await expression (see detail/named_options.hpp).
+template <class = void>
+child spawn(io_context& io, const command& cmd) {
+  const spawn_options defaults;
+  return spawn(io, cmd, defaults);
+}
+
+/// spawn() with the options moved in. Not on g++ 12, where `co_await spawn(io, cmd, {...}).wait()`
+/// would crash: name the options there (see detail/named_options.hpp).
+template <class Refused = void>
+child spawn(io_context& io, const command& cmd, spawn_options&& o) {
+#ifdef PIDRING_NAMED_OPTIONS_ONLY
+  static_assert(detail::named_options_only<Refused>, PIDRING_NAME_THE_OPTIONS("spawn_options", "spawn"));
+#endif
+  return spawn(io, cmd, static_cast<const spawn_options&>(o));
 }
 
 /// Runs f(args...) in a forked child (multiprocessing.Process(target=f, args=...)). Its int
@@ -714,11 +741,23 @@ child spawn(io_context& io, const spawn_options& o, F&& f, Args&&... args) {
   return detail::spawn_callable(io, o, call);
 }
 
+/// spawn(io, o, f, args...) with the options moved in. Not on g++ 12 (see
+/// detail/named_options.hpp): name the options there.
+template <class F, class... Args>
+  requires std::invocable<std::decay_t<F>&, std::decay_t<Args>&...>
+child spawn(io_context& io, spawn_options&& o, F&& f, Args&&... args) {
+#ifdef PIDRING_NAMED_OPTIONS_ONLY
+  static_assert(detail::named_options_only<F>, PIDRING_NAME_THE_OPTIONS("spawn_options", "spawn"));
+#endif
+  return spawn(io, static_cast<const spawn_options&>(o), std::forward<F>(f), std::forward<Args>(args)...);
+}
+
 /// spawn(io, spawn_options{}, f, args...).
 template <class F, class... Args>
   requires std::invocable<std::decay_t<F>&, std::decay_t<Args>&...>
 child spawn(io_context& io, F&& f, Args&&... args) {
-  return spawn(io, spawn_options{}, std::forward<F>(f), std::forward<Args>(args)...);
+  const spawn_options defaults;
+  return spawn(io, defaults, std::forward<F>(f), std::forward<Args>(args)...);
 }
 
 namespace detail {

@@ -18,7 +18,7 @@ inline pid_t parent_id() noexcept { return ::getppid(); }
 /// init, so it can reap them.
 inline void set_child_subreaper(bool on = true) {
   if (::prctl(PR_SET_CHILD_SUBREAPER, on ? 1UL : 0UL, 0UL, 0UL, 0UL) != 0)
-    detail::throw_errno(errno, "this_process::set_child_subreaper: prctl(PR_SET_CHILD_SUBREAPER)");
+    detail::throw_error(errno, "this_process", "this_process::set_child_subreaper: prctl(PR_SET_CHILD_SUBREAPER)");
 }
 
 /// _exit(code): ends the process at once, without atexit handlers or flushing stdio buffers.

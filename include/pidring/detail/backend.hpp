@@ -30,7 +30,7 @@ class backend_base {
   // Whether child waits are the kernel's waitid operation (io_uring, Linux 6.7+).
   virtual bool has_waitid_op() const noexcept = 0;
   // Starts `op`. Throws if it cannot (then nothing was started). Its completion is delivered
-  // later (by poll(), or while a later start() makes room in a full queue), never from inside
+  // later (by wait_and_deliver(), or while a later start() makes room in a full queue), never from inside
   // its own start() or a cancel().
   virtual void start(operation& op) = 0;
   // Asks an operation in flight to end early. May throw if the request cannot be queued now
@@ -39,10 +39,20 @@ class backend_base {
   // Asks every operation in flight to end early (for the io_context's destructor).
   virtual void cancel_all() noexcept = 0;
   // Hands queued work to the kernel, then waits until at least one completion was delivered or
-  // `timeout` passed (nullopt: no limit; zero: do not wait). Delivers what completed.
-  virtual void poll(std::optional<std::chrono::nanoseconds> timeout) = 0;
+  // `timeout` passed (nullopt: no limit; zero: do not wait, only take what has completed).
+  // Delivers what completed.
+  virtual void wait_and_deliver(std::optional<std::chrono::nanoseconds> timeout) = 0;
   // Hands queued work to the kernel without waiting.
   virtual void flush() = 0;
+  // The fd another event loop can poll: readable when a completion is waiting to be delivered,
+  // once prepare_outside_wait() has been called after the last start() or delivery.
+  virtual int native_handle() const noexcept = 0;
+  // Before the caller's thread waits elsewhere (on native_handle()): everything started is handed
+  // to the kernel, and every timer will make native_handle() readable when it expires.
+  virtual void prepare_outside_wait() = 0;
+  // Whether a wait_and_deliver(0) may deliver something now: completions known but not
+  // delivered yet, or (io_uring) submissions not handed to the kernel, which may complete at once.
+  virtual bool has_undelivered() const noexcept = 0;
   // How this backend waits for a child's exit, for error messages.
   virtual const char* child_wait_name() const noexcept = 0;
   // Operations started whose completion has not been delivered yet.

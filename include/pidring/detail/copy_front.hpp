@@ -296,15 +296,15 @@ task<std::uint64_t> copy_range_impl(io_context& io, int in, int out, std::uint64
     };
     auto all = [c = std::move(made), &pool](const work_control& ctl) mutable {
       c->prepare();
-      step out;
-      if (c->length == 0) return out;
+      step result;
+      if (c->length == 0) return result;
       if (!c->data.copy_here(pool, ctl)) {
-        out.split = std::move(c);
-        return out;
+        result.split = std::move(c);
+        return result;
       }
       c->finish(ctl);
-      out.bytes = c->data.outcome.end - c->offset;
-      return out;
+      result.bytes = c->data.outcome.end - c->offset;
+      return result;
     };
     auto job = on_pool(pool, call, std::move(all), o.stop);
     step s = co_await job;
@@ -479,8 +479,17 @@ namespace pidring {
 
 template <class>
 task<copy_result> copy_file(io_context& io, const std::filesystem::path& from, const std::filesystem::path& to,
-                            copy_options options) {
+                            const copy_options& options) {
   // A plain function: the paths are copied into the coroutine before the caller's may go away.
+  return detail::copy_file_impl(io, from, to, options);
+}
+
+template <class Refused>
+task<copy_result> copy_file(io_context& io, const std::filesystem::path& from, const std::filesystem::path& to,
+                            copy_options&& options) {
+#ifdef PIDRING_NAMED_OPTIONS_ONLY
+  static_assert(detail::named_options_only<Refused>, PIDRING_NAME_THE_OPTIONS("copy_options", "copy_file"));
+#endif
   return detail::copy_file_impl(io, from, to, std::move(options));
 }
 
@@ -491,7 +500,16 @@ task<copy_result> copy_file(io_context& io, const std::filesystem::path& from, c
 
 template <class>
 task<std::uint64_t> copy_range(io_context& io, int from_fd, int to_fd, std::uint64_t offset, std::uint64_t length,
-                               copy_options options) {
+                               const copy_options& options) {
+  return detail::copy_range_impl(io, from_fd, to_fd, offset, length, options);
+}
+
+template <class Refused>
+task<std::uint64_t> copy_range(io_context& io, int from_fd, int to_fd, std::uint64_t offset, std::uint64_t length,
+                               copy_options&& options) {
+#ifdef PIDRING_NAMED_OPTIONS_ONLY
+  static_assert(detail::named_options_only<Refused>, PIDRING_NAME_THE_OPTIONS("copy_options", "copy_range"));
+#endif
   return detail::copy_range_impl(io, from_fd, to_fd, offset, length, std::move(options));
 }
 
@@ -502,7 +520,16 @@ task<std::uint64_t> copy_range(io_context& io, int from_fd, int to_fd, std::uint
 
 template <class>
 task<tree_result> copy_tree(io_context& io, const std::filesystem::path& from, const std::filesystem::path& to,
-                            tree_options options) {
+                            const tree_options& options) {
+  return detail::copy_tree_impl(io, from, to, options);
+}
+
+template <class Refused>
+task<tree_result> copy_tree(io_context& io, const std::filesystem::path& from, const std::filesystem::path& to,
+                            tree_options&& options) {
+#ifdef PIDRING_NAMED_OPTIONS_ONLY
+  static_assert(detail::named_options_only<Refused>, PIDRING_NAME_THE_OPTIONS("tree_options", "copy_tree"));
+#endif
   return detail::copy_tree_impl(io, from, to, std::move(options));
 }
 

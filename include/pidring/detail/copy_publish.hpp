@@ -66,7 +66,7 @@ inline std::uint32_t host_token() {
   if (id.empty() || n <= 0) return 0;
   id.append(ns, static_cast<std::size_t>(n));
   std::uint32_t h = 2166136261u;  // FNV-1a
-  for (unsigned char c : id) h = (h ^ c) * 16777619u;
+  for (char c : id) h = (h ^ static_cast<unsigned char>(c)) * 16777619u;
   return h == 0 ? 1 : h;
 }
 

@@ -121,20 +121,20 @@ struct tree_copy {
     dest.name = where.name;
     dest.parent = open_destination_dir(where.dir, site);
     const bool dir = S_ISDIR(top.st_mode);
-    struct stat existing {};
-    const bool exists = ::fstatat(dest.parent.get(), dest.name.c_str(), &existing, AT_SYMLINK_NOFOLLOW) == 0;
+    struct stat there {};
+    const bool exists = ::fstatat(dest.parent.get(), dest.name.c_str(), &there, AT_SYMLINK_NOFOLLOW) == 0;
     if (!exists && errno != ENOENT) site.fail(errno, "stat destination");
     if (exists) {
-      if (existing.st_dev == top.st_dev && existing.st_ino == top.st_ino)
+      if (there.st_dev == top.st_dev && there.st_ino == top.st_ino)
         site.say(EINVAL, "refused", dir ? "source and destination are the same directory" : "source and destination are the same file");
-      if (merge && dir && !S_ISDIR(existing.st_mode))
+      if (merge && dir && !S_ISDIR(there.st_mode))
         site.say(ENOTDIR, "create destination", "cannot overwrite non-directory " + quoted_path(to.string()) + " with directory");
       if (!merge && !overwrite) site.say(EEXIST, "create destination", "destination exists");
-      if (!merge && dir && !S_ISDIR(existing.st_mode))
+      if (!merge && dir && !S_ISDIR(there.st_mode))
         site.say(ENOTDIR, "create destination",
-                 std::string("the destination exists and is ") + file_type_name(existing.st_mode) +
+                 std::string("the destination exists and is ") + file_type_name(there.st_mode) +
                      ", not a directory (overwrite replaces directories only)");
-      if (!merge && dir && is_within(root.get(), existing.st_dev, existing.st_ino, site))
+      if (!merge && dir && is_within(root.get(), there.st_dev, there.st_ino, site))
         site.say(EINVAL, "refused", "the source is inside the destination, which overwrite would remove");
     }
     if (dir && is_within(dest.parent.get(), top.st_dev, top.st_ino, site))
@@ -402,7 +402,7 @@ struct tree_copy {
     const bool newer = e.mtime.tv_sec > ex.st_mtim.tv_sec ||
                        (e.mtime.tv_sec == ex.st_mtim.tv_sec && e.mtime.tv_nsec > ex.st_mtim.tv_nsec);
     if (merge && (existing == existing_entry::keep || (existing == existing_entry::replace_older && !newer))) {
-      state[&e - entries.data()] = entry_state::kept;
+      state[static_cast<std::size_t>(&e - entries.data())] = entry_state::kept;
       kept.fetch_add(1, std::memory_order_relaxed);
       return false;
     }

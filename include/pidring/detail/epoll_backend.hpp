@@ -13,6 +13,7 @@
 
 #include <poll.h>
 #include <sys/epoll.h>
+#include <sys/timerfd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -28,7 +29,7 @@ namespace pidring::detail {
 class epoll_backend final : public backend_base {
  public:
   epoll_backend() : ep_(::epoll_create1(EPOLL_CLOEXEC)) {
-    if (!ep_) throw_errno(errno, "io_context: epoll_create1");
+    if (!ep_) throw_error(errno, "io_context", "io_context: epoll_create1");
   }
   ~epoll_backend() override = default;
 
@@ -103,7 +104,7 @@ class epoll_backend final : public backend_base {
     }
   }
 
-  void poll(std::optional<std::chrono::nanoseconds> timeout) override {
+  void wait_and_deliver(std::optional<std::chrono::nanoseconds> timeout) override {
     if (!done_.empty()) {
       deliver();
       return;
@@ -118,13 +119,51 @@ class epoll_backend final : public backend_base {
     }
     epoll_event events[64];
     const int n = wait_for_events(events, 64, wait);
-    if (n < 0 && errno != EINTR) throw_errno(errno, "io_context: epoll_wait");
-    for (int i = 0; i < n; ++i) ready(events[i].data.fd, events[i].events);
+    if (n < 0 && errno != EINTR) throw_error(errno, "io_context", "io_context: epoll_wait");
+    for (int i = 0; i < n; ++i) {
+      if (timer_ && events[i].data.fd == timer_.get())
+        timer_expired();
+      else
+        ready(events[i].data.fd, events[i].events);
+    }
     expire_timers(clock::now());
     deliver();
   }
 
   void flush() override {}
+
+  // The epoll fd polls readable when one of its fds is ready; timers, which live in our heap,
+  // get a timerfd in the set for that (made on first use).
+  int native_handle() const noexcept override { return ep_.get(); }
+
+  void prepare_outside_wait() override {
+    if (!timer_) {
+      unique_fd t(::timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC));
+      if (!t) throw_error(errno, "io_context", "io_context (epoll backend): timerfd_create");
+      epoll_event ev{};
+      ev.events = EPOLLIN;
+      ev.data.fd = t.get();
+      if (::epoll_ctl(ep_.get(), EPOLL_CTL_ADD, t.get(), &ev) != 0)
+        throw_error(errno, "io_context", "io_context (epoll backend): epoll_ctl on its timerfd");
+      timer_ = std::move(t);
+    }
+    std::optional<std::chrono::steady_clock::time_point> want;
+    if (!heap_.empty()) want = heap_.front()->epoll_deadline;
+    if (want == timer_set_) return;
+    // steady_clock is CLOCK_MONOTONIC: the deadline is an absolute time on the timerfd's clock.
+    itimerspec spec{};
+    if (want) {
+      const auto ns =
+          std::max<std::int64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(want->time_since_epoch()).count(), 1);
+      spec.it_value.tv_sec = static_cast<time_t>(ns / 1'000'000'000);
+      spec.it_value.tv_nsec = static_cast<long>(ns % 1'000'000'000);
+    }
+    if (::timerfd_settime(timer_.get(), TFD_TIMER_ABSTIME, &spec, nullptr) != 0)
+      throw_error(errno, "io_context", "io_context (epoll backend): timerfd_settime");
+    timer_set_ = want;
+  }
+
+  bool has_undelivered() const noexcept override { return !done_.empty(); }
 
  private:
   static constexpr std::uint8_t idle = 0, waiting = 1, done = 2;
@@ -159,7 +198,7 @@ class epoll_backend final : public backend_base {
   // Puts `op` on its fd's list, asking epoll for what it needs. Throws if epoll refuses the fd.
   void watch(operation& op) {
     if (const int err = try_watch(op))
-      throw_errno(err, "io_context (epoll backend): epoll_ctl on fd " + std::to_string(op.fd) +
+      throw_error(err, "io_context", "io_context (epoll backend): epoll_ctl on fd " + std::to_string(op.fd) +
                            (err == EPERM ? " (not a pipe, socket or pidfd)" : ""));
   }
 
@@ -262,6 +301,14 @@ class epoll_backend final : public backend_base {
     update_watch(fd);
   }
 
+  // The timerfd fired: read it (else it stays readable, and every epoll_wait returns at once);
+  // the timers themselves are expired from the heap.
+  void timer_expired() noexcept {
+    std::uint64_t ticks;
+    [[maybe_unused]] const ssize_t n = ::read(timer_.get(), &ticks, sizeof ticks);
+    timer_set_.reset();
+  }
+
   void finish(operation& op, int result) noexcept {
     op.result = result;
     op.epoll_state = done;
@@ -361,6 +408,8 @@ class epoll_backend final : public backend_base {
   }
 
   unique_fd ep_;
+  unique_fd timer_;  // only while driven from another loop: see prepare_outside_wait
+  std::optional<std::chrono::steady_clock::time_point> timer_set_;
   std::unordered_map<int, fd_watch> watches_;
   std::vector<operation*> heap_;
   std::vector<operation*> done_, delivering_;

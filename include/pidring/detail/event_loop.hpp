@@ -20,6 +20,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -57,6 +58,41 @@ struct context_service {
   virtual void shutdown() noexcept = 0;
 };
 
+class event_loop;
+
+// A task the context owns (io_context::start): a coroutine that awaits it, hands an exception
+// that escapes it to the loop, and frees itself at its end. The loop links the live ones, to
+// destroy them with the context, and keeps a failed one until its exception has been rethrown
+// (so that recording a failure never allocates).
+struct owned_task {
+  struct promise_type {
+    event_loop* loop;
+    promise_type* prev = nullptr;
+    promise_type* next = nullptr;
+    std::exception_ptr error;
+
+    promise_type(event_loop& l, task<void>&) noexcept : loop(&l) {}
+    owned_task get_return_object() noexcept {
+      return owned_task{std::coroutine_handle<promise_type>::from_promise(*this)};
+    }
+    std::suspend_always initial_suspend() noexcept { return {}; }
+    struct final_awaiter {
+      bool await_ready() noexcept { return false; }
+      void await_suspend(std::coroutine_handle<promise_type> h) noexcept;  // after event_loop
+      void await_resume() noexcept {}
+    };
+    final_awaiter final_suspend() noexcept { return {}; }
+    void return_void() noexcept {}
+    void unhandled_exception() noexcept { error = std::current_exception(); }
+  };
+  std::coroutine_handle<promise_type> handle;
+};
+
+template <class = void>
+owned_task own(event_loop&, task<void> t) {
+  co_await std::move(t);
+}
+
 // Which backend to set up: `requested`, or for automatic the environment's PIDRING_BACKEND, else
 // io_uring where it can be set up and epoll where the kernel or a policy refuses it.
 inline std::unique_ptr<backend_base> make_backend(pidring::backend requested, unsigned entries,
@@ -68,7 +104,7 @@ inline std::unique_ptr<backend_base> make_backend(pidring::backend requested, un
       else if (std::strcmp(env, "io_uring") == 0)
         requested = pidring::backend::io_uring;
       else
-        throw_errno(EINVAL, std::string("io_context: PIDRING_BACKEND=") + env +
+        throw_error(EINVAL, "io_context", std::string("io_context: PIDRING_BACKEND=") + env +
                                 " is neither 'epoll' nor 'io_uring'");
     }
   }
@@ -102,14 +138,27 @@ class event_loop {
   event_loop& operator=(const event_loop&) = delete;
 
   // Ends background work, waits for every operation in flight to complete (their memory may be
-  // written until then), then closes the backend.
+  // written until then), then closes the backend. Tasks the context owns (start()) are dropped
+  // where they wait, as Asio and tokio drop theirs: they are not resumed, their operations are
+  // cancelled and completed first, then their frames are destroyed.
   ~event_loop() {
     owner_.store(std::this_thread::get_id());
+    running_ = true;  // the drain below is the loop's own: no driver is to be woken
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
     if (!broken_) try {
         shutdown_.request_stop();
         if (copy_service_) copy_service_->shutdown();
         backend_->cancel_all();
+        if (owned_) {
+          // Completions only schedule (and an awaiter destroyed with its frame takes its
+          // coroutine off the ready list); the copy pool's deliveries wait in the posted list,
+          // where a destroyed awaiter has already told its group nobody waits.
+          while (backend_->in_flight() > 0 && std::chrono::steady_clock::now() < deadline) {
+            run_queued_cancels();
+            backend_->wait_and_deliver(std::chrono::milliseconds(100));
+          }
+          if (backend_->in_flight() == 0) destroy_owned();
+        }
         while ((backend_->in_flight() > 0 || !ready_.empty() || has_posted()) &&
                std::chrono::steady_clock::now() < deadline)
           run_once(std::chrono::milliseconds(100));
@@ -118,6 +167,8 @@ class event_loop {
     if (backend_->in_flight() > 0)
       std::fprintf(stderr, "pidring: io_context destroyed with %u operations still in flight\n",
                    backend_->in_flight());
+    // A failed task whose exception nobody took: only its frame is left to free.
+    while (failed_) destroy_owned_frame(*failed_);
     copy_service_.reset();
   }
 
@@ -128,8 +179,23 @@ class event_loop {
   const char* child_wait_name() const noexcept { return backend_->child_wait_name(); }
 
   // Starts an operation; its on_complete is called on this thread later (see operation.hpp).
-  void start(operation& op) { backend_->start(op); }
+  // Outside run() and poll() (a destructor, a stop on the loop's thread between two polls), the
+  // loop's driver is told to call poll() soon.
+  void start(operation& op) {
+    backend_->start(op);
+    if (!running_ && driven_from_outside_) {
+      backend_->flush();
+      wake();
+    }
+  }
   void schedule(std::coroutine_handle<> h) { ready_.push_back(h); }
+  // An awaiter destroyed between its completion and its resumption (its frame is being
+  // destroyed) takes its coroutine back.
+  void unschedule(std::coroutine_handle<> h) noexcept {
+    std::erase(ready_, h);
+    for (auto& r : resuming_)
+      if (r == h) r = nullptr;
+  }
 
   // Before a stop callback or a posted item may arrive from another thread: the eventfd that
   // wakes the loop, with a read of it in flight. Throws (no fd) before anything is started.
@@ -137,7 +203,7 @@ class event_loop {
     if (wake_fd_) return;
     const int nonblock = kind() == pidring::backend::epoll ? EFD_NONBLOCK : 0;
     wake_fd_.reset(::eventfd(0, EFD_CLOEXEC | nonblock));
-    if (!wake_fd_) throw_errno(errno, "io_context: eventfd");
+    if (!wake_fd_) throw_error(errno, "io_context", "io_context: eventfd");
     start_wake_read();
   }
 
@@ -151,7 +217,7 @@ class event_loop {
       queued_cancels_ = t;
       remote_pending_.store(true, std::memory_order_release);
     }
-    if (std::this_thread::get_id() == owner_.load()) {
+    if (std::this_thread::get_id() == owner_.load() && running_) {
       run_queued_cancels();
       return;
     }
@@ -178,13 +244,13 @@ class event_loop {
   // The copier's slot (see context_service).
   std::unique_ptr<context_service>& copy_service() noexcept { return copy_service_; }
 
-  // ---- for io_context::run ---------------------------------------------------------------------
+  // ---- for io_context ---------------------------------------------------------------------------
 
   template <class T>
   T run(task<T> t) {
-    if (running_) throw std::logic_error("io_context::run: this context is already running");
-    if (broken_) throw std::logic_error("io_context::run: the context failed in an earlier run()");
-    if (!t.valid()) throw std::invalid_argument("io_context::run: empty task");
+    enter("run");
+    if (!t.valid()) throw_error(EINVAL, "io_context", "io_context::run: empty task");
+    rethrow_failure();
     running_ = true;
     owner_.store(std::this_thread::get_id());
     struct stop_running {
@@ -197,7 +263,13 @@ class event_loop {
     try {
       while (!h.done()) run_once(std::nullopt);
       flush_ready();
-      backend_->flush();
+      if (driven_from_outside_) {
+        // The loop that calls poll() waits next: what started tasks began here must reach it.
+        backend_->prepare_outside_wait();
+        if (failed_) wake();
+      } else {
+        backend_->flush();
+      }
     } catch (...) {
       // The backend itself failed (the ring's fd closed under us, say): the kernel may still
       // write into the frames of operations in flight, so they must never be freed. The task is
@@ -211,7 +283,136 @@ class event_loop {
     return h.promise().result();
   }
 
+  // One step without blocking: what other threads handed over, the completions the kernel has,
+  // the coroutines they make ready (and the ones those make ready, for a few rounds). Returns the
+  // coroutines resumed; rethrows (once) an exception that escaped a started task.
+  std::size_t poll() {
+    enter("poll");
+    drive_from_outside();
+    running_ = true;
+    owner_.store(std::this_thread::get_id());
+    struct stop_running {
+      bool& r;
+      ~stop_running() { r = false; }
+    } reset{running_};
+    sigpipe_guard guard;
+    std::size_t resumed = 0;
+    try {
+      // A coroutine that starts work which completes at once (a ready pipe on epoll) is followed
+      // for a few rounds; more than that is left for the next poll(), so the loop that calls us
+      // keeps its turn.
+      for (int round = 0; round < 8; ++round) {
+        if (remote_pending_.load(std::memory_order_acquire)) run_remote();
+        // After the first round, the kernel is asked again only if it may have something.
+        if (round == 0 || backend_->has_undelivered()) backend_->wait_and_deliver(std::chrono::nanoseconds(0));
+        take_wake_up();
+        if (ready_.empty()) break;
+        resumed += flush_ready();
+      }
+      backend_->prepare_outside_wait();
+      if (!ready_.empty() || backend_->has_undelivered() || (failed_ && failed_->next)) wake();
+    } catch (...) {
+      // As in run(): the backend failed, and what is in flight must never be freed.
+      broken_ = true;
+      ready_.clear();
+      throw;
+    }
+    rethrow_failure();
+    return resumed;
+  }
+
+  // io_context::start: the context owns `t` and runs it from the next run() or poll().
+  // (A template, as own() is: g++ emits a coroutine into every translation unit that
+  // instantiates it, used or not.)
+  template <class = void>
+  void adopt(task<void> t) {
+    if (broken_)
+      throw_error(ENOTRECOVERABLE, "io_context", "io_context::start: the context failed in an earlier run() or poll()");
+    if (!t.valid()) throw_error(EINVAL, "io_context", "io_context::start: empty task");
+    drive_from_outside();
+    ready_.reserve(ready_.size() + 1);  // so that scheduling cannot fail once it is linked
+    owned_task::promise_type& p = own(*this, std::move(t)).handle.promise();
+    p.next = owned_;
+    if (owned_) owned_->prev = &p;
+    owned_ = &p;
+    schedule(std::coroutine_handle<owned_task::promise_type>::from_promise(p));
+    if (!running_) wake();
+  }
+
+  int native_handle() const noexcept { return backend_->native_handle(); }
+
+  // From owned_task's final_suspend: the task ended. A failed one waits in failed_ for its
+  // exception to be rethrown; any other is freed now.
+  void owned_task_ended(owned_task::promise_type& p) noexcept {
+    unlink_owned(p);
+    if (!p.error) {
+      std::coroutine_handle<owned_task::promise_type>::from_promise(p).destroy();
+      return;
+    }
+    p.next = nullptr;
+    *failed_tail_ = &p;
+    failed_tail_ = &p.next;
+  }
+
  private:
+  void enter(const char* what) {
+    if (running_)
+      throw_error(EDEADLK, "io_context", std::string("io_context::") + what +
+                                             ": this context is already running (run() or poll() is on the stack)");
+    if (broken_)
+      throw_error(ENOTRECOVERABLE, "io_context", std::string("io_context::") + what +
+                                                     ": the context failed in an earlier run() or poll()");
+  }
+
+  // From the first poll() or start(): the wake-up eventfd (which also makes native_handle()
+  // readable when there is work) and what the backend needs to be waited on from outside.
+  void drive_from_outside() {
+    if (driven_from_outside_) return;
+    arm_remote_wakeup();
+    backend_->prepare_outside_wait();
+    driven_from_outside_ = true;
+  }
+
+  void take_wake_up() {
+    if (!woken_) return;
+    woken_ = false;
+    const int res = wake_.result;
+    run_remote();
+    if (res != -ECANCELED && !shutdown_.stop_requested()) start_wake_read();
+  }
+
+  // Rethrows the oldest exception that escaped a started task, once.
+  void rethrow_failure() {
+    if (!failed_) return;
+    owned_task::promise_type& p = *failed_;
+    std::exception_ptr e = std::move(p.error);
+    destroy_owned_frame(p);
+    std::rethrow_exception(e);
+  }
+
+  void destroy_owned_frame(owned_task::promise_type& p) noexcept {
+    failed_ = p.next;
+    if (!failed_) failed_tail_ = &failed_;
+    std::coroutine_handle<owned_task::promise_type>::from_promise(p).destroy();
+  }
+
+  void unlink_owned(owned_task::promise_type& p) noexcept {
+    (p.prev ? p.prev->next : owned_) = p.next;
+    if (p.next) p.next->prev = p.prev;
+    p.prev = p.next = nullptr;
+  }
+
+  // With nothing in flight: every started task that has not ended is destroyed where it waits
+  // (one not started yet is also taken off the ready list).
+  void destroy_owned() noexcept {
+    while (owned_task::promise_type* p = owned_) {
+      unlink_owned(*p);
+      auto h = std::coroutine_handle<owned_task::promise_type>::from_promise(*p);
+      unschedule(h);
+      h.destroy();
+    }
+  }
+
   // The read of the wake-up eventfd: its completion only marks that the loop must look at what
   // other threads queued.
   struct wake_read : operation {
@@ -243,24 +444,26 @@ class event_loop {
       flush_ready();
       return;
     }
-    backend_->poll(timeout);
-    if (woken_) {
-      woken_ = false;
-      const int res = wake_.result;
-      run_remote();
-      if (res != -ECANCELED && !shutdown_.stop_requested()) start_wake_read();
-    }
+    backend_->wait_and_deliver(timeout);
+    take_wake_up();
     flush_ready();
   }
 
   // Resumes the coroutines whose operations completed. Never inside the backend's walk over its
-  // completions: a resumed coroutine starts new operations.
-  void flush_ready() {
+  // completions: a resumed coroutine starts new operations. Returns how many it resumed.
+  std::size_t flush_ready() {
+    std::size_t n = 0;
     while (!ready_.empty()) {
       resuming_.swap(ready_);
-      for (std::coroutine_handle<> h : resuming_) h.resume();
+      // (unschedule() may null an entry of a frame destroyed meanwhile.)
+      for (std::size_t i = 0; i < resuming_.size(); ++i)
+        if (std::coroutine_handle<> h = resuming_[i]) {
+          h.resume();
+          ++n;
+        }
       resuming_.clear();
     }
+    return n;
   }
 
   void run_remote() noexcept {
@@ -308,8 +511,12 @@ class event_loop {
   }
 
   std::unique_ptr<backend_base> backend_;
-  bool running_ = false;
-  bool broken_ = false;  // the backend failed inside run(): see there
+  bool running_ = false;  // inside run() or poll() (or the destructor's drain)
+  bool broken_ = false;  // the backend failed inside run() or poll(): see run()
+  bool driven_from_outside_ = false;  // poll() or start() was called
+  owned_task::promise_type* owned_ = nullptr;  // started tasks that have not ended
+  owned_task::promise_type* failed_ = nullptr;  // ended with an exception not rethrown yet
+  owned_task::promise_type** failed_tail_ = &failed_;
   std::vector<std::coroutine_handle<>> ready_, resuming_;
   std::atomic<std::thread::id> owner_;
   std::stop_source shutdown_;
@@ -326,5 +533,10 @@ class event_loop {
   bool woken_ = false;
   std::unique_ptr<context_service> copy_service_;
 };
+
+inline void owned_task::promise_type::final_awaiter::await_suspend(
+    std::coroutine_handle<promise_type> h) noexcept {
+  h.promise().loop->owned_task_ended(h.promise());
+}
 
 }  // namespace pidring::detail

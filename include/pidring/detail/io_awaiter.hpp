@@ -14,6 +14,7 @@
 #include <optional>
 #include <stop_token>
 #include <string>
+#include <string_view>
 #include <utility>
 
 namespace pidring::detail {
@@ -37,6 +38,11 @@ class io_awaiter : private operation {
   io_awaiter(io_awaiter&& o) noexcept
       : operation(static_cast<const operation&>(o)), loop_(o.loop_), stop_(std::move(o.stop_)) {}
   io_awaiter& operator=(io_awaiter&&) = delete;
+  // Only a frame destroyed with its context (a started task dropped where it waits) goes away
+  // between the completion and the resumption: its coroutine must not be resumed then.
+  ~io_awaiter() {
+    if (scheduled_) loop_->unschedule(waiter_);
+  }
 
   bool await_ready() noexcept {
     if (stop_.stop_requested()) {
@@ -58,6 +64,7 @@ class io_awaiter : private operation {
     if (ticket_) callback_.emplace(stop_, stop_canceller{loop_, ticket_});
   }
   int await_resume() noexcept {
+    scheduled_ = false;
     callback_.reset();  // waits for a callback running on another thread
     return result;
   }
@@ -66,6 +73,7 @@ class io_awaiter : private operation {
   static void completed(operation& op) noexcept {
     auto& self = static_cast<io_awaiter&>(op);
     if (self.ticket_) self.ticket_->target = nullptr;
+    self.scheduled_ = true;
     self.loop_->schedule(self.waiter_);
   }
 
@@ -74,34 +82,38 @@ class io_awaiter : private operation {
   std::coroutine_handle<> waiter_;
   std::shared_ptr<cancel_ticket> ticket_;
   std::optional<std::stop_callback<stop_canceller>> callback_;
+  bool scheduled_ = false;  // completed, not resumed yet
 };
 
-// "read from stdout of 'cat' (pid 7): Broken pipe"; a stop says "...: cancelled".
-[[noreturn]] inline void throw_io_error(int err, const char* verb, const std::string& name) {
-  if (err == ECANCELED) throw_errno(ECANCELED, std::string(verb) + name + ": cancelled");
-  throw_errno(err, std::string(verb) + name);
+// "read from stdout of 'cat' (pid 7): Broken pipe"; a stop says "...: cancelled". `operation`
+// is the error's operation() ("read", "write"), `verb` starts the message ("read from ").
+[[noreturn]] inline void throw_io_error(int err, std::string_view operation, const char* verb, const std::string& name) {
+  if (err == ECANCELED) throw_error(ECANCELED, operation, std::string(verb) + name + ": cancelled");
+  throw_error(err, operation, std::string(verb) + name);
 }
 
 /// One read, write or fsync, the way every pidring caller wants it: EINTR and EAGAIN are retried,
-/// a stop gives nullopt, any other error throws std::system_error naming `verb` and `name`.
+/// a stop gives nullopt, any other error throws pidring::error (see throw_io_error).
 template <class = void>
 task<std::optional<std::size_t>> perform(event_loop& loop, operation op, std::stop_token stop,
-                                         const char* verb, const std::string& name) {
+                                         std::string_view operation_name, const char* verb,
+                                         const std::string& name) {
   for (;;) {
     const int n = co_await io_awaiter(loop, op, stop);
     if (n >= 0) co_return static_cast<std::size_t>(n);
     if (n == -EINTR || n == -EAGAIN) continue;
     if (n == -ECANCELED) co_return std::nullopt;
-    throw_io_error(-n, verb, name);
+    throw_io_error(-n, operation_name, verb, name);
   }
 }
 
 /// perform() for callers to whom a stop is an error too: it throws ECANCELED ("...: cancelled").
 template <class = void>
 task<std::size_t> perform_or_throw(event_loop& loop, operation op, std::stop_token stop,
-                                   const char* verb, const std::string& name) {
-  const std::optional<std::size_t> n = co_await perform(loop, op, std::move(stop), verb, name);
-  if (!n) throw_io_error(ECANCELED, verb, name);
+                                   std::string_view operation_name, const char* verb,
+                                   const std::string& name) {
+  const std::optional<std::size_t> n = co_await perform(loop, op, std::move(stop), operation_name, verb, name);
+  if (!n) throw_io_error(ECANCELED, operation_name, verb, name);
   co_return *n;
 }
 
@@ -117,7 +129,7 @@ class sleep_awaiter {
     const int res = op_.await_resume();
     if (res == -ETIME || res == 0) return true;
     if (res == -ECANCELED) return false;
-    throw_errno(-res, "sleep_for");
+    throw_error(-res, "sleep_for", "sleep_for");
   }
 
  private:
@@ -129,7 +141,7 @@ class sleep_awaiter {
 class poll_awaiter {
  public:
   poll_awaiter(event_loop& loop, int fd, short events, std::stop_token stop)
-      : op_(loop, operation::readiness(fd, events), stop), fd_(fd), stoppable_(stop.stop_possible()) {}
+      : fd_(fd), stoppable_(stop.stop_possible()), op_(loop, operation::readiness(fd, events), std::move(stop)) {}
   bool await_ready() noexcept { return op_.await_ready(); }
   void await_suspend(std::coroutine_handle<> h) { op_.await_suspend(h); }
   short await_resume() {
@@ -141,9 +153,9 @@ class poll_awaiter {
   }
 
  private:
-  io_awaiter op_;
   int fd_;
-  bool stoppable_;
+  bool stoppable_;  // (before op_, which takes the stop token)
+  io_awaiter op_;
 };
 
 }  // namespace pidring::detail

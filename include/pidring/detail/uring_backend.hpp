@@ -75,10 +75,10 @@ class uring_backend final : public backend_base {
       r = io_uring_queue_init_params(entries, &ring_, &p);
       if (r != -EINVAL) break;
     }
-    if (r < 0) throw_errno(-r, explain_setup_failure(-r, entries));
+    if (r < 0) throw_error(-r, "io_context", explain_setup_failure(-r, entries));
     if (!(p.features & IORING_FEAT_NODROP)) {
       io_uring_queue_exit(&ring_);
-      throw_errno(ENOSYS, "io_context: this kernel's io_uring may drop completions"
+      throw_error(ENOSYS, "io_context", "io_context: this kernel's io_uring may drop completions"
                           " (no IORING_FEAT_NODROP, Linux < 5.5)");
     }
     // Linux < 5.11: timed waits make liburing queue timeout SQEs of its own (see dispatch).
@@ -154,10 +154,12 @@ class uring_backend final : public backend_base {
     }
   }
 
-  void poll(std::optional<std::chrono::nanoseconds> timeout) override {
+  void wait_and_deliver(std::optional<std::chrono::nanoseconds> timeout) override {
     int r;
     if (timeout && timeout->count() <= 0) {
-      r = io_uring_submit(&ring_);
+      // Enters the kernel even with nothing to submit: completions waiting as task work (the
+      // ring is COOP_TASKRUN) are posted only then.
+      r = io_uring_submit_and_get_events(&ring_);
     } else if (timeout) {
       __kernel_timespec ts = to_kernel_timespec(*timeout);
       io_uring_cqe* cqe = nullptr;
@@ -167,14 +169,24 @@ class uring_backend final : public backend_base {
       r = io_uring_submit_and_wait(&ring_, 1);
     }
     if (r < 0 && r != -EINTR && r != -EBUSY && r != -EAGAIN)
-      throw_errno(-r, "io_context: io_uring_enter");
+      throw_error(-r, "io_context", "io_context: io_uring_enter");
     dispatch();
   }
 
   void flush() override {
     const int r = io_uring_submit(&ring_);
     if (r < 0 && r != -EINTR && r != -EBUSY && r != -EAGAIN)
-      throw_errno(-r, "io_context: io_uring_enter");
+      throw_error(-r, "io_context", "io_context: io_uring_enter");
+  }
+
+  // The ring's fd polls readable while its completion queue holds entries. A completion that
+  // arrives as task work first interrupts the waiting thread (its poll or epoll_wait gives
+  // EINTR), then is posted on the way back to user space: the fd is readable at the retry.
+  int native_handle() const noexcept override { return ring_.ring_fd; }
+  // An SQE not yet submitted would never complete while the thread waits elsewhere.
+  void prepare_outside_wait() override { flush(); }
+  bool has_undelivered() const noexcept override {
+    return io_uring_cq_ready(&ring_) > 0 || io_uring_sq_ready(&ring_) > 0;
   }
 
  private:
@@ -196,7 +208,7 @@ class uring_backend final : public backend_base {
       // The kernel holds completions we have not read: read them (they only schedule).
       if (dispatch() == 0) io_uring_submit_and_wait(&ring_, 1);
     } else if (r < 0 && r != -EINTR) {
-      throw_errno(-r, "io_context: io_uring_submit");
+      throw_error(-r, "io_context", "io_context: io_uring_submit");
     }
   }
 
