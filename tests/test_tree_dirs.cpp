@@ -157,7 +157,9 @@ TEST_CASE("copy_tree: a directory or file swapped for a link at any step of a co
   REQUIRE(steps.size() > static_cast<std::size_t>(dirs * files_per_dir));
   for (bool openat2 : {true, false}) {
     int n = 0;
-    for (const auto& [point, what] : steps) {
+    for (const auto& step : steps) {
+      const std::string& point = step.first;  // named, not bound: clang 14 cannot capture a binding
+      const std::string& what = step.second;
       // What to swap at this step: the directory or file the step is about, or its directory;
       // at the steps about no object, a directory the files are still to be read from.
       std::vector<std::string> victims;
