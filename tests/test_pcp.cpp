@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <string>
 #include <vector>
@@ -151,6 +152,25 @@ TEST_CASE("pcp: -r merges into an existing tree, --atomic exchanges it; --preser
   CHECK(entries(dir / "old-tree" / "tree") == std::vector<std::string>{"x"});
   REQUIRE(::stat((dir / "old-tree" / "tree" / "x").c_str(), &st) == 0);
   CHECK(st.st_mtim.tv_sec != 1100000000);  // no --preserve this time
+}
+
+TEST_CASE("pcp: --help and --version answer on stdout; --progress draws a plain line where stderr is no terminal",
+          "[pcp]") {
+  test_util::temp_dir dir;
+  test_util::write_file(dir / "f", "f");
+  auto r = pcp({"--version"}, dir.path());
+  CHECK(r.code == 0);
+  CHECK(r.out.rfind("pcp (pidring) " PIDRING_VERSION_STRING "\n", 0) == 0);
+  r = pcp({"--help"}, dir.path());
+  CHECK(r.code == 0);
+  CHECK(r.out.rfind("Usage: pcp [OPTION]... [-T] SOURCE DEST\n", 0) == 0);
+  CHECK(r.err.empty());
+  r = pcp({"--progress", "f", "g"}, dir.path());
+  CHECK(r.code == 0);
+  INFO(r.err);
+  CHECK(r.err.rfind("pcp: 100%  1/1 files  1 B / 1 B  ", 0) == 0);
+  CHECK(std::count(r.err.begin(), r.err.end(), '\n') == 1);  // the final line only: the job was short
+  CHECK(r.out.empty());
 }
 
 TEST_CASE("pcp: on a terminal one progress bar is drawn in place and cleared; elsewhere nothing for a short job",

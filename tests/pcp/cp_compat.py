@@ -287,10 +287,9 @@ def signal_case(base, sig, atomic):
     # Wait until the copy is under way: some files are there (or, with --atomic, the hidden tree).
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and p.poll() is None:
-        names = os.listdir(out)
-        if atomic and names:
+        if atomic and os.listdir(out):
             break
-        if not atomic and os.path.isdir(os.path.join(copy, "d00")) and len(os.listdir(os.path.join(copy, "d00"))) > 20:
+        if not atomic and sum(len(files) for _, _, files in os.walk(copy)) >= 50:
             break
         time.sleep(0.005)
     problems = []
