@@ -134,9 +134,10 @@ def run(tool, args, cwd, nobody):
 
 class case:
     def __init__(self, name, *commands, setup=None, nobody=False, owners=False, times=False, links=False,
-                 xattrs=False, root_only=False, tree_differs=None):
+                 xattrs=False, root_only=False, tree_differs=None, after_chown=None):
         self.name, self.commands, self.setup = name, [c.split() for c in commands], setup
         self.nobody, self.root_only = nobody and IS_ROOT, root_only
+        self.after_chown = after_chown  # setup done after the tree is given to uid 65534
         self.tree_differs = tree_differs  # a documented difference (pcp(1)): trees not compared
         self.facts = dict(owners=owners, times=times, links=links, xattrs=xattrs)
 
@@ -150,6 +151,13 @@ def unreadable(top):
 
 def read_only_dst(top):
     os.chmod(os.path.join(top, "dst"), 0o555)
+
+
+def others_files(top):
+    # Sources owned by someone else (readable), and a read-only destination file of our own.
+    os.lchown(os.path.join(top, "src", "f"), 1234, 5678)
+    os.lchown(os.path.join(top, "src", "sub"), 1234, 5678)
+    os.chmod(os.path.join(top, "existing"), 0o444)
 
 
 def archive_fixture(top):
@@ -244,6 +252,10 @@ CASES = [
          tree_differs="cp makes an unreadable directory's copy, empty; pcp does not"),
     case("an unreadable file operand", "src/sub/g file1 dst", setup=unreadable, nobody=True),
     case("a destination directory we may not write", "-r file1 src dst", setup=read_only_dst, nobody=True),
+    case("-p of someone else's file: the owner cannot be kept, silently", "-p src/f new", after_chown=others_files,
+         nobody=True, owners=True, times=True),
+    case("-a of someone else's tree", "-a src copy", after_chown=others_files, nobody=True, owners=True, times=True),
+    case("-f replaces a read-only file of ours", "-f file1 existing", after_chown=others_files, nobody=True),
     case("a destination we may not write, merging", "-r src dst", "-r src/. dst/src", setup=read_only_dst,
          nobody=True),
 ]
@@ -259,6 +271,8 @@ def run_case(c, base):
             c.setup(top)
         if c.nobody:
             chown_tree(top, NOBODY, NOBODY)
+        if c.after_chown:
+            c.after_chown(top)
         settle_times(top)
         outputs = [run(tool, args, top, c.nobody) for args in c.commands]
         results[tool] = (outputs, manifest(top, **c.facts))
