@@ -122,12 +122,19 @@ std::optional<pidring::copy_method> parse_method(std::string_view s) {
 
 // SIGINT, SIGTERM and SIGHUP, blocked in every thread (before any other starts, so the pool's
 // threads inherit the mask) and taken by one thread of our own, which turns the first into a
-// stop request. A second one ends pcp at once, as it would end cp.
+// stop request. A second one ends pcp at once, as it would end cp. One that pcp was started with
+// ignored (nohup, a background job of a script) stays ignored and unblocked: blocked, it would be
+// queued for the thread instead of discarded.
 class signal_stop {
  public:
-  signal_stop() {
+  signal_stop() : wake_(SIGRTMIN) {
     sigemptyset(&set_);
-    for (int s : {SIGINT, SIGTERM, SIGHUP}) sigaddset(&set_, s);
+    for (int s : {SIGINT, SIGTERM, SIGHUP}) {
+      struct sigaction now {};
+      if (::sigaction(s, nullptr, &now) == 0 && now.sa_handler == SIG_IGN) continue;
+      sigaddset(&set_, s);
+    }
+    sigaddset(&set_, wake_);
     ::pthread_sigmask(SIG_BLOCK, &set_, &old_);
     thread_ = std::thread([this] { take_signals(); });
   }
@@ -135,8 +142,7 @@ class signal_stop {
   signal_stop& operator=(const signal_stop&) = delete;
   ~signal_stop() {
     done_.store(true);
-    // Our own wake-up, told apart from a real signal by its sender: this process.
-    ::pthread_kill(thread_.native_handle(), SIGINT);
+    ::pthread_kill(thread_.native_handle(), wake_);
     thread_.join();
     ::pthread_sigmask(SIG_SETMASK, &old_, nullptr);
   }
@@ -150,11 +156,16 @@ class signal_stop {
       siginfo_t info{};
       const int sig = ::sigwaitinfo(&set_, &info);
       if (sig < 0) continue;
-      const bool wake_up = info.si_pid == ::getpid() && (info.si_code == SI_TKILL || info.si_code == SI_USER);
-      if (wake_up && done_.load()) return;
+      if (sig == wake_) {  // ours (from this process, once done), else someone else's: no stop
+        if (done_.load() && info.si_pid == ::getpid()) return;
+        continue;
+      }
       if (received_.load() != 0) {  // the second: die by it
         ::signal(sig, SIG_DFL);
-        ::pthread_sigmask(SIG_UNBLOCK, &set_, nullptr);
+        sigset_t just {};
+        sigemptyset(&just);
+        sigaddset(&just, sig);
+        ::pthread_sigmask(SIG_UNBLOCK, &just, nullptr);
         ::raise(sig);
       }
       received_.store(sig);
@@ -162,6 +173,7 @@ class signal_stop {
     }
   }
 
+  const int wake_;  // a real-time signal, only to end take_signals
   sigset_t set_{}, old_{};
   std::stop_source stop_;
   std::atomic<int> received_{0};

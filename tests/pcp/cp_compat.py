@@ -299,8 +299,9 @@ def hidden_entries(top):
     return found
 
 
-def signal_case(base, sig, atomic):
-    """SIGINT/SIGTERM during a 3,000-file copy: the right status within a second, nothing hidden."""
+def signal_case(base, sig, atomic, ignored=False):
+    """SIGINT/SIGTERM during a 3,000-file copy: the right status within a second, nothing hidden.
+    ignored: pcp is started with the signal ignored (nohup), and the copy must go on to the end."""
     src = os.path.join(base, "many")
     if not os.path.isdir(src):
         block = bytes(range(256)) * 256  # 64 KiB
@@ -308,12 +309,13 @@ def signal_case(base, sig, atomic):
             os.makedirs(os.path.join(src, "d%02d" % d))
             for f in range(100):
                 write(os.path.join(src, "d%02d" % d, "f%03d" % f), block)
-    out = os.path.join(base, "out-%d-%d" % (sig, atomic))
+    out = os.path.join(base, "out-%d-%d-%d" % (sig, atomic, ignored))
     os.makedirs(out)
     args = [PCP, "-r", "-j", "2", "--method", "read_write", "--chunk", "4096", src, os.path.join(out, "copy")]
     if atomic:
         args.insert(1, "--atomic")
-    p = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(args, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=(lambda: signal.signal(sig, signal.SIG_IGN)) if ignored else None)
     copy = os.path.join(out, "copy")
     # Wait until the copy is under way: some files are there (or, with --atomic, the hidden tree).
     deadline = time.monotonic() + 30
@@ -329,7 +331,7 @@ def signal_case(base, sig, atomic):
     sent = time.monotonic()
     p.send_signal(sig)
     try:
-        p.wait(timeout=10)
+        p.wait(timeout=60 if ignored else 10)
     except subprocess.TimeoutExpired:
         p.kill()
         p.wait()
@@ -337,6 +339,12 @@ def signal_case(base, sig, atomic):
     took = time.monotonic() - sent
     err = p.stderr.read()
     p.stderr.close()
+    if ignored:
+        files = sum(len(f) for _, _, f in os.walk(copy))
+        shutil.rmtree(out)
+        if p.returncode != 0 or err or files != 3000:
+            return ["with the signal ignored: status %d, %d files, stderr %r" % (p.returncode, files, err)]
+        return []
     if p.returncode != 128 + sig:
         problems.append("exit status %d, expected %d" % (p.returncode, 128 + sig))
     if took > 1.0:
@@ -382,10 +390,12 @@ def main():
                 print("      " + p)
             failed += bool(problems)
         if ONLY in "signals":
-            for sig, atomic in ((signal.SIGINT, False), (signal.SIGTERM, False), (signal.SIGHUP, False),
-                                (signal.SIGINT, True)):
-                name = "%s during a 3,000-file copy%s" % (signal.Signals(sig).name, " with --atomic" if atomic else "")
-                problems = signal_case(base, sig, atomic)
+            for sig, atomic, ignored in ((signal.SIGINT, False, False), (signal.SIGTERM, False, False),
+                                         (signal.SIGHUP, False, False), (signal.SIGINT, True, False),
+                                         (signal.SIGHUP, False, True)):
+                name = "%s during a 3,000-file copy%s%s" % (signal.Signals(sig).name, " with --atomic" if atomic else "",
+                                                          " started with it ignored (nohup): no stop" if ignored else "")
+                problems = signal_case(base, sig, atomic, ignored)
                 ran += 1
                 print("%s  %s" % ("ok  " if not problems else "FAIL", name))
                 for p in problems:
