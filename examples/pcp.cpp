@@ -85,6 +85,7 @@ const char* usage_text =
     "                               hidden name, renamed in; an existing one is exchanged)\n"
     "      --durable                fsync what was copied before it is put in place\n"
     "      --progress               a progress line even when stderr is not a terminal\n"
+    "      --no-progress            no progress bar, even on a terminal\n"
     "      --chunk=BYTES            largest single request\n"
     "      --help                   display this help and exit\n"
     "      --version                output version information and exit\n"
@@ -253,7 +254,7 @@ class progress_view {
 enum class deref { unset, never, command_line, always };
 
 struct settings {
-  bool recursive = false, verbose = false, atomic = false, durable = false, progress = false;
+  bool recursive = false, verbose = false, atomic = false, durable = false, progress = false, no_progress = false;
   bool no_target_directory = false;
   std::optional<std::string> target_directory;
   deref links = deref::unset;
@@ -273,7 +274,6 @@ struct item {
   std::string from, to;
   bool tree = false;  // copy_tree (a directory, a link copied as a link, a special file...)
   pidring::tree_links links = pidring::tree_links::copy;
-  bool source_is_dir = false;
   std::uint64_t size = 0;
 };
 
@@ -473,7 +473,7 @@ settings parse(int argc, char** argv, std::vector<std::string>& operands) {
   settings s;
   enum {
     opt_method = 256, opt_durable, opt_chunk, opt_preserve, opt_no_preserve, opt_reflink, opt_sparse,
-    opt_atomic, opt_progress, opt_help, opt_version
+    opt_atomic, opt_progress, opt_no_progress, opt_help, opt_version
   };
   const option longs[] = {
       {"archive", no_argument, nullptr, 'a'},
@@ -495,6 +495,7 @@ settings parse(int argc, char** argv, std::vector<std::string>& operands) {
       {"atomic", no_argument, nullptr, opt_atomic},
       {"durable", no_argument, nullptr, opt_durable},
       {"progress", no_argument, nullptr, opt_progress},
+      {"no-progress", no_argument, nullptr, opt_no_progress},
       {"chunk", required_argument, nullptr, opt_chunk},
       {"help", no_argument, nullptr, opt_help},
       {"version", no_argument, nullptr, opt_version},
@@ -565,6 +566,7 @@ settings parse(int argc, char** argv, std::vector<std::string>& operands) {
       case opt_atomic: s.atomic = true; break;
       case opt_durable: s.durable = true; break;
       case opt_progress: s.progress = true; break;
+      case opt_no_progress: s.progress = false, s.no_progress = true; break;
       case opt_chunk: {
         const unsigned long long n = std::strtoull(optarg, &end, 10);
         if (end == optarg || *end != '\0') usage_error(std::string("invalid chunk size: '") + optarg + "'");
@@ -661,7 +663,6 @@ int run(int argc, char** argv) {
       }
       continue;
     }
-    it.source_is_dir = dir;
     it.size = static_cast<std::uint64_t>(st.st_size);
     it.links = s.links == deref::always         ? pidring::tree_links::follow
                : s.links == deref::command_line ? (dir ? pidring::tree_links::follow_top : pidring::tree_links::follow)
@@ -679,7 +680,7 @@ int run(int argc, char** argv) {
   if (items.empty()) return status;
 
   signal_stop signals;
-  progress_view view(s.progress || ::isatty(STDERR_FILENO) == 1);
+  progress_view view(s.progress || (!s.no_progress && ::isatty(STDERR_FILENO) == 1));
   job j{s, view, signals.token()};
   try {
     pidring::io_context io;
