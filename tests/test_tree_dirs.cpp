@@ -18,6 +18,7 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <mutex>
 #include <random>
 #include <stop_token>
 #include <string>
@@ -147,7 +148,9 @@ TEST_CASE("copy_tree: a directory or file swapped for a link at any step of a co
   std::vector<std::pair<std::string, std::string>> steps;
   {
     copy_hooks_guard hooks;
+    std::mutex steps_mutex;  // the files' steps come from several pool threads at once
     hooks->at = [&](std::string_view point, std::string_view what) {
+      std::lock_guard lock(steps_mutex);
       if (point != "data") steps.emplace_back(point, what);
     };
     pidring::io_context io;
