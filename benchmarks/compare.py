@@ -496,7 +496,7 @@ def copy_commands(a, src, dst):
     b = f"{a.bin}/bench_copy"
     t = [("pidring automatic (default parallelism)", [b, "pidring", "automatic", "0", src, dst], True)]
     if a.pcp and os.path.exists(a.pcp):
-        t.append(("pcp", [a.pcp, "-q", src, dst], True))
+        t.append(("pcp", [a.pcp, "--no-progress", src, dst], True))
     for method, p in (("copy_file_range", 1), ("read_write", 1), ("uring", 1), ("uring", 4)):
         t.append((f"pidring {method} p{p}", [b, "pidring", method, str(p), src, dst], True))
     t.append(("pidring reflink", [b, "pidring", "reflink", "1", src, dst], True))
@@ -636,7 +636,7 @@ def w_copysmall(a, R):
             return fn
 
         log(f"copy of a 4 KiB file on {fs}: pcp and cp")
-        targets = [("pcp", timed(lambda dst: [a.pcp, "-q", src, dst])), ("cp", timed(lambda dst: ["cp", src, dst]))]
+        targets = [("pcp", timed(lambda dst: [a.pcp, "--no-progress", src, dst])), ("cp", timed(lambda dst: ["cp", src, dst]))]
         med, _ = interleave(targets, a.small_rounds, key=f"copysmall {fs}", settle=True)
         R["copysmall"][fs] = med
         os.unlink(src)
@@ -767,9 +767,9 @@ def tree_rounds(a, R, d, suffix):
                     return t
                 return fn
 
-            targets = [("pcp -r", timed(lambda dst: [a.pcp, "-q", "-r", src, dst]))]
+            targets = [("pcp -r", timed(lambda dst: [a.pcp, "--no-progress", "-r", src, dst]))]
             for j in a.tree_jobs:
-                targets.append((f"pcp -r -j {j}", timed(lambda dst, j=j: [a.pcp, "-q", "-r", "-j", str(j), src, dst])))
+                targets.append((f"pcp -r -j {j}", timed(lambda dst, j=j: [a.pcp, "--no-progress", "-r", "-j", str(j), src, dst])))
             targets.append(("cp -r", timed(lambda dst: ["cp", "-r", src, dst])))
             if shutil.which("rsync"):
                 targets.append(("rsync -a", timed(lambda dst: ["rsync", "-a", src + "/", dst + "/"])))

@@ -1,14 +1,16 @@
-// pcp: cp on pidring's copier: files, trees (-r), several sources, one live progress bar.
+// pcp: a drop-in cp on pidring's copier: several files at once on a pool of threads, trees too.
 //
-//   pcp [-r] [-j N] [--method M] [--preserve] [--force] [--durable] SRC... DST
-//   pcp            (no arguments: copies a generated 64 MiB file, verifies it, cleans up)
+//   pcp [OPTION]... [-T] SOURCE DEST
+//   pcp [OPTION]... SOURCE... DIRECTORY
+//   pcp [OPTION]... -t DIRECTORY SOURCE...
 //
-// Like cp: DST is a directory to copy into (then several SRCs are fine) or the copy's name;
-// directories need -r; messages have cp's forms ("pcp: cannot stat 'x': No such file or
-// directory") and the exit status is 1 if anything failed, the other sources still copied.
-// Unlike cp: every copy appears complete or not at all (a tree too), an existing destination is
-// replaced only with --force (atomically; a directory is exchanged with the new tree, never
-// merged into), and copies run on a pool of threads, several files at once.
+// cp's defaults, options, messages and exit status (GNU cp 9.1 is the reference; docs/pcp.1 lists
+// every option and every difference). What no cp has: every file appears complete or not at all
+// (an existing one is replaced by rename, so no reader sees it half-written), --atomic makes a
+// whole tree appear complete or not at all, --durable fsyncs before publishing, -j and --method
+// choose how. SIGINT, SIGTERM and SIGHUP stop the copy through the library's stop_token: what
+// is half-done is removed (nothing hidden stays), what was finished stays (unless --atomic), and
+// pcp exits 128 + the signal's number.
 //
 // Options are parsed with getopt_long, as GNU cp does: the same conventions (clustered short
 // options, abbreviated long ones, "--", options after operands) with nothing to install. A CLI
@@ -18,22 +20,28 @@
 
 #include <fcntl.h>
 #include <getopt.h>
+#include <pthread.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <map>
 #include <memory>
 #include <optional>
+#include <stop_token>
 #include <string>
 #include <string_view>
 #include <system_error>
 #include <thread>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -42,32 +50,56 @@ namespace fs = std::filesystem;
 using clock_type = std::chrono::steady_clock;
 
 const char* usage_text =
-    "Usage: pcp [OPTION]... SOURCE DEST\n"
+    "Usage: pcp [OPTION]... [-T] SOURCE DEST\n"
     "  or:  pcp [OPTION]... SOURCE... DIRECTORY\n"
-    "Copy SOURCE to DEST, or several SOURCEs into DIRECTORY, with pidring's copier.\n"
-    "Every copy appears complete or not at all; a tree too.\n"
+    "  or:  pcp [OPTION]... -t DIRECTORY SOURCE...\n"
+    "Copy SOURCE to DEST, or multiple SOURCE(s) to DIRECTORY, as cp does, with pidring's\n"
+    "parallel copier. Every file appears complete or not at all.\n"
     "\n"
-    "  -r, -R, --recursive  copy directories (like cp -R -P: links as links, hard links kept,\n"
-    "                       FIFOs and devices recreated, sockets skipped)\n"
-    "  -j, --jobs=N         copies at once: files of a tree or of several sources, or lanes\n"
-    "                       inside a single file (0, the default: chosen)\n"
-    "      --method=M       automatic (default), reflink, copy_file_range, read_write, uring\n"
-    "  -p, --preserve       also keep access and modification times (the mode always is)\n"
-    "  -f, --force          replace an existing destination (a directory is exchanged with\n"
-    "                       the new tree in one step, then removed; never merged)\n"
-    "  -T, --no-target-directory  treat DEST as the copy's name even if it is a directory\n"
-    "      --durable        fsync what was copied before it is put in place\n"
-    "      --no-sparse      copy holes as zeros\n"
-    "      --chunk=BYTES    largest single request\n"
-    "  -q, --quiet          no progress\n"
-    "  -h, --help           this text\n"
+    "  -a, --archive                same as -dR --preserve=all\n"
+    "  -d                           same as --no-dereference --preserve=links\n"
+    "  -f, --force                  accepted (an existing file is always replaced by rename)\n"
+    "  -H                           follow command-line symbolic links in SOURCE\n"
+    "  -L, --dereference            always follow symbolic links in SOURCE\n"
+    "  -n, --no-clobber             do not overwrite an existing file\n"
+    "  -P, --no-dereference         never follow symbolic links in SOURCE\n"
+    "  -p                           same as --preserve=mode,ownership,timestamps\n"
+    "      --preserve[=ATTR_LIST]   preserve the specified attributes (default:\n"
+    "                               mode,ownership,timestamps); also links, xattr, context, all\n"
+    "      --no-preserve=ATTR_LIST  don't preserve the specified attributes\n"
+    "  -R, -r, --recursive          copy directories recursively\n"
+    "      --reflink[=WHEN]         clone data: auto (default), always, never\n"
+    "      --sparse=WHEN            holes: auto (default), always (zeros too), never\n"
+    "  -t, --target-directory=DIRECTORY  copy all SOURCE arguments into DIRECTORY\n"
+    "  -T, --no-target-directory    treat DEST as a normal file\n"
+    "  -u, --update                 copy only when SOURCE is newer than the destination\n"
+    "                               file or when the destination file is missing\n"
+    "  -v, --verbose                explain what is being done\n"
     "\n"
-    "With no arguments, pcp copies a generated 64 MiB file in /tmp, verifies and removes it.\n";
+    "pcp's own:\n"
+    "  -j, --jobs=N                 files copied at once, or lanes inside one big file\n"
+    "                               (0, the default: chosen from the CPUs)\n"
+    "      --method=M               automatic (default), reflink, copy_file_range,\n"
+    "                               read_write, uring (single files)\n"
+    "      --atomic                 a tree appears complete or not at all (built under a\n"
+    "                               hidden name, renamed in; an existing one is exchanged)\n"
+    "      --durable                fsync what was copied before it is put in place\n"
+    "      --progress               a progress line even when stderr is not a terminal\n"
+    "      --no-progress            no progress bar, even on a terminal\n"
+    "      --chunk=BYTES            largest single request\n"
+    "      --help                   display this help and exit\n"
+    "      --version                output version information and exit\n"
+    "\n"
+    "SIGINT, SIGTERM and SIGHUP stop the copy: finished files stay (not with --atomic),\n"
+    "nothing half-done or hidden does, and the exit status is 128 + the signal's number.\n"
+    "See pcp(1) for how pcp differs from cp.\n";
 
 [[noreturn]] void usage_error(const std::string& message) {
   std::fprintf(stderr, "pcp: %s\nTry 'pcp --help' for more information.\n", message.c_str());
   std::exit(1);
 }
+
+std::string quote(const std::string& s) { return "'" + s + "'"; }
 
 std::string human_bytes(double b) {
   const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
@@ -89,11 +121,72 @@ std::optional<pidring::copy_method> parse_method(std::string_view s) {
   return std::nullopt;
 }
 
+// SIGINT, SIGTERM and SIGHUP, blocked in every thread (before any other starts, so the pool's
+// threads inherit the mask) and taken by one thread of our own, which turns the first into a
+// stop request. A second one ends pcp at once, as it would end cp. One that pcp was started with
+// ignored (nohup, a background job of a script) stays ignored and unblocked: blocked, it would be
+// queued for the thread instead of discarded.
+class signal_stop {
+ public:
+  signal_stop() : wake_(SIGRTMIN) {
+    sigemptyset(&set_);
+    for (int s : {SIGINT, SIGTERM, SIGHUP}) {
+      struct sigaction now {};
+      if (::sigaction(s, nullptr, &now) == 0 && now.sa_handler == SIG_IGN) continue;
+      sigaddset(&set_, s);
+    }
+    sigaddset(&set_, wake_);
+    ::pthread_sigmask(SIG_BLOCK, &set_, &old_);
+    thread_ = std::thread([this] { take_signals(); });
+  }
+  signal_stop(const signal_stop&) = delete;
+  signal_stop& operator=(const signal_stop&) = delete;
+  ~signal_stop() {
+    done_.store(true);
+    ::pthread_kill(thread_.native_handle(), wake_);
+    thread_.join();
+    ::pthread_sigmask(SIG_SETMASK, &old_, nullptr);
+  }
+  std::stop_token token() const { return stop_.get_token(); }
+  // The signal that asked for the stop, 0 if none did.
+  int received() const { return received_.load(); }
+
+ private:
+  void take_signals() {
+    for (;;) {
+      siginfo_t info{};
+      const int sig = ::sigwaitinfo(&set_, &info);
+      if (sig < 0) continue;
+      if (sig == wake_) {  // ours (from this process, once done), else someone else's: no stop
+        if (done_.load() && info.si_pid == ::getpid()) return;
+        continue;
+      }
+      if (received_.load() != 0) {  // the second: die by it
+        ::signal(sig, SIG_DFL);
+        sigset_t just {};
+        sigemptyset(&just);
+        sigaddset(&just, sig);
+        ::pthread_sigmask(SIG_UNBLOCK, &just, nullptr);
+        ::raise(sig);
+      }
+      received_.store(sig);
+      stop_.request_stop();
+    }
+  }
+
+  const int wake_;  // a real-time signal, only to end take_signals
+  sigset_t set_{}, old_{};
+  std::stop_source stop_;
+  std::atomic<int> received_{0};
+  std::atomic<bool> done_{false};
+  std::thread thread_;
+};
+
 // The whole job's progress (every source), drawn on stderr: one bar redrawn in place on a
-// terminal, else a plain line at most once a second (and none for a job shorter than that).
+// terminal, else (--progress) a plain line at most once a second.
 class progress_view {
  public:
-  explicit progress_view(bool quiet) : on_(!quiet), tty_(::isatty(STDERR_FILENO) == 1), start_(clock_type::now()) {}
+  explicit progress_view(bool on) : on_(on), tty_(::isatty(STDERR_FILENO) == 1), start_(clock_type::now()) {}
 
   // A source's share: files and bytes done and total so far (its totals may grow, e.g. once a
   // tree has been walked).
@@ -104,12 +197,13 @@ class progress_view {
     shares_.push_back(std::make_unique<share>());
     return *shares_.back();
   }
+  bool on() const { return on_; }
 
   void update(bool final = false) {
     if (!on_) return;
     const auto now = clock_type::now();
     if (!final && now - last_ < (tty_ ? std::chrono::milliseconds(100) : std::chrono::milliseconds(1000))) return;
-    if (!tty_ && now - start_ < std::chrono::seconds(1)) return;
+    if (!tty_ && !final && now - start_ < std::chrono::seconds(1)) return;
     last_ = now;
     share sum;
     for (const auto& s : shares_) {
@@ -146,9 +240,7 @@ class progress_view {
     if (drawn_) std::fputs("\r\033[K", stderr);
     drawn_ = false;
   }
-  ~progress_view() {
-    clear();
-  }
+  ~progress_view() { clear(); }
 
  private:
   bool on_, tty_;
@@ -157,58 +249,136 @@ class progress_view {
   std::vector<std::unique_ptr<share>> shares_;
 };
 
+// Which symbolic links in SOURCE are followed (cp's -P, -H, -L; unset: cp's default, -P with
+// -R, else -L).
+enum class deref { unset, never, command_line, always };
+
 struct settings {
-  bool recursive = false, preserve = false, force = false, durable = false, sparse = true, quiet = false;
+  bool recursive = false, verbose = false, atomic = false, durable = false, progress = false, no_progress = false;
   bool no_target_directory = false;
+  std::optional<std::string> target_directory;
+  deref links = deref::unset;
+  // --no-preserve=mode: files get 0666 minus the umask (else the source's bits minus the umask).
+  bool default_mode = false;
+  bool keep_mode = false, keep_owner = false, keep_times = false, keep_links = false, keep_xattrs = false;
+  pidring::existing_entry existing = pidring::existing_entry::replace;
+  bool sparse = true, zeros_as_holes = false;
   unsigned jobs = 0;
   std::uint64_t chunk = 0;
   pidring::copy_method method = pidring::copy_method::automatic;
+  mode_t umask = 022;
 };
 
 // One source and where it goes.
 struct item {
   std::string from, to;
-  bool tree = false;
+  bool tree = false;  // copy_tree (a directory, a link copied as a link, a special file...)
+  pidring::tree_links links = pidring::tree_links::copy;
   std::uint64_t size = 0;
 };
 
-// cp's message for a failed copy, from the step the error names.
-std::string message_for(const item& it, const std::system_error& e) {
-  const std::string what = e.what(), err = e.code().message();
-  auto has = [&](const char* step) { return what.find(step) != std::string::npos; };
-  if (e.code().value() == EEXIST && has(": destination exists")) return "not replacing '" + it.to + "'";
-  if (has("source and destination are the same")) return "'" + it.from + "' and '" + it.to + "' are the same file";
-  if (has("the destination is inside the source"))
-    return "cannot copy a directory, '" + it.from + "', into itself, '" + it.to + "'";
-  if (has(": open source")) return "cannot open '" + it.from + "' for reading: " + err;
-  if (!it.tree && (has(": create temporary in") || has(": open destination directory")))
-    return "cannot create regular file '" + it.to + "': " + err;
-  if (has("the destination exists and is"))
-    return "cannot overwrite non-directory '" + it.to + "' with directory '" + it.from + "'";
-  // Anything else: the step and the path the library names, after "copy_x 'a' -> 'b': ".
-  const auto arrow = what.find("' -> '");
-  const auto step = arrow == std::string::npos ? std::string::npos : what.find("': ", arrow + 6);
-  const std::string detail = step == std::string::npos ? what : what.substr(step + 3);
-  return "cannot copy '" + it.from + "' to '" + it.to + "': " + detail;
+mode_t lstat_mode(const fs::path& p) {
+  struct stat st {};
+  return ::lstat(p.c_str(), &st) == 0 ? st.st_mode : 0;
 }
 
-pidring::task<bool> copy_one(pidring::io_context& io, const item& it, const settings& s, unsigned lanes,
-                             progress_view& view) {
-  progress_view::share& share = view.add();
-  std::optional<std::string> failure;
+const char* kind_of_special(mode_t m) { return S_ISFIFO(m) ? "fifo" : "special file"; }
+
+// cp's words for a failed copy, from the error's fields: the operation, the errno and the paths
+// (the source entry and its place in the copy; the operands where the error names none).
+std::string message_for(const item& it, const pidring::error& e) {
+  const std::string op(e.operation());
+  const std::string from = e.path().empty() ? it.from : e.path().string();
+  const std::string to = e.other_path().empty() ? it.to : e.other_path().string();
+  const int code = e.code().value();
+  const std::string err = e.code().message();
+  const mode_t src = lstat_mode(from);
+  if (op == "refused") {
+    struct stat a {}, b {};
+    if (::lstat(from.c_str(), &a) == 0 && ::lstat(to.c_str(), &b) == 0 && a.st_dev == b.st_dev && a.st_ino == b.st_ino)
+      return quote(from) + " and " + quote(to) + " are the same file";
+    if (S_ISDIR(src)) return "cannot copy a directory, " + quote(from) + ", into itself, " + quote(to);
+    return std::string("cannot copy ") + quote(from) + " to " + quote(to) + ": " + e.what();
+  }
+  if (op == "create destination" && code == EISDIR) return "cannot overwrite directory " + quote(to) + " with non-directory";
+  if (op == "create destination" && code == ENOTDIR && S_ISDIR(src))
+    return "cannot overwrite non-directory " + quote(to) + " with directory " + quote(from);
+  if (op == "open source") {
+    if (S_ISDIR(src)) return "cannot access " + quote(from) + ": " + err;
+    if (code == ENOENT || code == ENOTDIR || code == ELOOP) return "cannot stat " + quote(from) + ": " + err;
+    return "cannot open " + quote(from) + " for reading: " + err;
+  }
+  if (op == "read directory") return "cannot access " + quote(from) + ": " + err;
+  if (op == "stat source") return "cannot stat " + quote(from) + ": " + err;
+  if (op == "create destination" || op == "open destination directory" || op == "mkdir" || op == "symlink" ||
+      op == "mknod") {
+    const char* what = S_ISDIR(src) ? "directory" : S_ISLNK(src) && it.links == pidring::tree_links::copy && it.tree
+                                                        ? "symbolic link"
+                                                    : S_ISREG(src) || S_ISLNK(src) ? "regular file"
+                                                                                   : kind_of_special(src);
+    return std::string("cannot create ") + what + " " + quote(to) + ": " + err;
+  }
+  if (op == "stat destination") return "cannot stat " + quote(to) + ": " + err;
+  if (op == "readlink") return "cannot read symbolic link " + quote(from) + ": " + err;
+  if (op == "link") return "cannot create hard link " + quote(to) + ": " + err;
+  if (op == "read source") return "error reading " + quote(from) + ": " + err;
+  if (op == "write destination" || op == "copy_file_range" || op == "truncate" || op == "reflink" || op == "fsync")
+    return "error writing " + quote(to) + ": " + err;
+  if (op == "chown") return "failed to preserve ownership for " + quote(to) + ": " + err;
+  if (op == "chmod") return "preserving permissions for " + quote(to) + ": " + err;
+  if (op == "set times") return "preserving times for " + quote(to) + ": " + err;
+  if (op == "set xattr" || op == "read xattr") return "preserving extended attributes for " + quote(to) + ": " + err;
+  return e.what();
+}
+
+struct job {
+  const settings& s;
+  progress_view& view;
+  std::stop_token stop;
+  bool failed = false;
+
+  void report(const item& it, const pidring::error& e) {
+    if (e.code().value() == ECANCELED && stop.stop_requested()) return;  // the signal says it all
+    view.clear();
+    std::fprintf(stderr, "pcp: %s\n", message_for(it, e).c_str());
+    failed = true;
+  }
+  void tell_copied(const std::string& from, const std::string& to) {
+    if (!s.verbose) return;
+    view.clear();
+    std::printf("%s -> %s\n", quote(from).c_str(), quote(to).c_str());
+  }
+};
+
+pidring::task<void> copy_one(pidring::io_context& io, const item& it, unsigned lanes, job& j) {
+  const settings& s = j.s;
+  progress_view::share& share = j.view.add();
   try {
+    const fs::path from = it.from, to = it.to;  // named: no temporaries in a co_await (g++ 12)
     if (it.tree) {
       pidring::tree_options o;
       o.parallelism = s.jobs;
-      o.method = s.method;
-      o.overwrite = s.force;
-      o.preserve_times = s.preserve;
+      o.method = s.method == pidring::copy_method::uring ? pidring::copy_method::automatic : s.method;
+      o.links = it.links;
+      o.merge = !s.atomic;
+      o.overwrite = s.atomic;
+      o.existing = s.existing;
+      o.preserve_mode = s.keep_mode;
+      o.preserve_times = s.keep_times;
+      o.preserve_owner = s.keep_owner;
+      o.preserve_xattrs = s.keep_xattrs;
+      o.sparse = s.sparse;
+      o.zeros_as_holes = s.zeros_as_holes;
       o.durable = s.durable;
-      o.on_progress = [&](const pidring::tree_progress& p) {
-        share = {p.files_done, p.files_total, p.bytes_done, p.bytes_total};
-        view.update();
-      };
-      const fs::path from = it.from, to = it.to;  // named: no temporaries in a co_await (g++ 12)
+      o.stop = j.stop;
+      if (j.view.on())
+        o.on_progress = [&](const pidring::tree_progress& p) {
+          share = {p.files_done, p.files_total, p.bytes_done, p.bytes_total};
+          j.view.update();
+        };
+      if (!s.atomic) o.on_error = [&](const pidring::error& e) { j.report(it, e); };
+      if (s.verbose)
+        o.on_copied = [&](const pidring::tree_entry_report& r) { j.tell_copied(r.from.string(), r.to.string()); };
       auto copy = pidring::copy_tree(io, from, to, o);
       const pidring::tree_result r = co_await std::move(copy);
       share.files_done = share.files_total = r.files;
@@ -218,89 +388,168 @@ pidring::task<bool> copy_one(pidring::io_context& io, const item& it, const sett
       pidring::copy_options o;
       o.parallelism = lanes;
       o.method = s.method;
-      o.overwrite = s.force;
-      o.durable = s.durable;
+      o.overwrite = true;
+      o.preserve_mode = !s.default_mode;  // else chosen only where the umask takes nothing from the bits
+      o.preserve_times = s.keep_times;
+      o.preserve_owner = s.keep_owner;
+      o.preserve_xattrs = s.keep_xattrs;
       o.sparse = s.sparse;
+      o.zeros_as_holes = s.zeros_as_holes;
+      o.durable = s.durable;
       o.chunk_size = s.chunk;
+      o.stop = j.stop;
       // Small files report only at their end: no timer, no extra round trip.
-      if (it.size >= (8u << 20))
+      if (j.view.on() && it.size >= (8u << 20))
         o.on_progress = [&](const pidring::copy_progress& p) {
           share.bytes_done = p.done;
           share.bytes_total = std::max(p.total, it.size);
-          view.update();
+          j.view.update();
         };
-      const fs::path from = it.from, to = it.to;
       auto copy = pidring::copy_file(io, from, to, o);
       const pidring::copy_result r = co_await std::move(copy);
       share.bytes_done = share.bytes_total = r.bytes;
       share.files_done = 1;
-      if (s.preserve) {
-        struct stat st {};
-        if (::stat(it.from.c_str(), &st) == 0) {
-          const timespec times[2] = {st.st_atim, st.st_mtim};
-          ::utimensat(AT_FDCWD, it.to.c_str(), times, 0);
-        }
-      }
+      j.tell_copied(it.from, it.to);
     }
-    view.update();
-  } catch (const std::system_error& e) {
-    failure = message_for(it, e);
+    j.view.update();
+  } catch (const pidring::error& e) {
+    j.report(it, e);
   }
-  if (failure) {
-    view.clear();
-    std::fprintf(stderr, "pcp: %s\n", failure->c_str());
-    co_return false;
-  }
-  co_return true;
 }
 
 // Copies the items: files `width` at once (each its own pool job), trees one after another
 // (each with `jobs` files at once).
-pidring::task<int> copy_all(pidring::io_context& io, const std::vector<item>& items, const settings& s,
-                            progress_view& view) {
-  const unsigned width = s.jobs != 0 ? s.jobs : std::max(2u, std::thread::hardware_concurrency());
-  const unsigned lanes = items.size() == 1 ? s.jobs : 1;
-  int status = 0;
+pidring::task<void> copy_all(pidring::io_context& io, const std::vector<item>& items, job& j) {
+  const unsigned width = j.s.jobs != 0 ? j.s.jobs : std::max(2u, std::thread::hardware_concurrency());
+  const unsigned lanes = items.size() == 1 ? j.s.jobs : 1;
   std::size_t next = 0;
-  while (next < items.size()) {
-    std::vector<pidring::task<bool>> batch;
+  while (next < items.size() && !j.stop.stop_requested()) {
+    std::vector<pidring::task<void>> batch;
     if (items[next].tree) {
-      batch.push_back(copy_one(io, items[next++], s, lanes, view));
+      batch.push_back(copy_one(io, items[next++], lanes, j));
     } else {
       while (next < items.size() && !items[next].tree && batch.size() < width)
-        batch.push_back(copy_one(io, items[next++], s, lanes, view));
+        batch.push_back(copy_one(io, items[next++], lanes, j));
     }
     auto all = pidring::when_all(std::move(batch));
-    const std::vector<bool> ok = co_await std::move(all);
-    if (std::find(ok.begin(), ok.end(), false) != ok.end()) status = 1;
+    co_await std::move(all);
   }
-  view.update(true);
-  co_return status;
+  j.view.update(true);
 }
 
+// The last name of `path` as cp takes it: trailing slashes ignored.
 std::string base_name(const std::string& path) {
   std::string p = path;
   while (p.size() > 1 && p.back() == '/') p.pop_back();
   return fs::path(p).filename().string();
 }
 
-int run(int argc, char** argv) {
+// --preserve / --no-preserve's list: sets each named attribute to `on`.
+void parse_preserve(settings& s, const char* list, bool on, const char* option) {
+  std::string_view rest = list;
+  while (true) {
+    const auto comma = rest.find(',');
+    const std::string_view a = rest.substr(0, comma);
+    if (a == "mode") s.keep_mode = on, s.default_mode = !on;
+    else if (a == "ownership") s.keep_owner = on;
+    else if (a == "timestamps") s.keep_times = on;
+    else if (a == "links") s.keep_links = on;
+    else if (a == "xattr" || a == "context") s.keep_xattrs = on;  // SELinux labels travel as xattrs
+    else if (a == "all") s.keep_mode = s.keep_owner = s.keep_times = s.keep_links = s.keep_xattrs = on, s.default_mode = !on;
+    else {
+      std::fprintf(stderr, "pcp: invalid argument '%.*s' for '%s'\nValid arguments are:\n", static_cast<int>(a.size()),
+                   a.data(), option);
+      for (const char* name : {"mode", "timestamps", "ownership", "links", "context", "xattr", "all"})
+        std::fprintf(stderr, "  - '%s'\n", name);
+      std::fputs("Try 'pcp --help' for more information.\n", stderr);
+      std::exit(1);
+    }
+    if (comma == std::string_view::npos) break;
+    rest.remove_prefix(comma + 1);
+  }
+}
+
+settings parse(int argc, char** argv, std::vector<std::string>& operands) {
   settings s;
-  enum { opt_method = 256, opt_durable, opt_no_sparse, opt_chunk };
+  enum {
+    opt_method = 256, opt_durable, opt_chunk, opt_preserve, opt_no_preserve, opt_reflink, opt_sparse,
+    opt_atomic, opt_progress, opt_no_progress, opt_help, opt_version
+  };
   const option longs[] = {
-      {"recursive", no_argument, nullptr, 'r'},   {"jobs", required_argument, nullptr, 'j'},
-      {"method", required_argument, nullptr, opt_method}, {"preserve", no_argument, nullptr, 'p'},
-      {"force", no_argument, nullptr, 'f'},       {"durable", no_argument, nullptr, opt_durable},
-      {"no-sparse", no_argument, nullptr, opt_no_sparse}, {"chunk", required_argument, nullptr, opt_chunk},
-      {"quiet", no_argument, nullptr, 'q'},       {"help", no_argument, nullptr, 'h'},
+      {"archive", no_argument, nullptr, 'a'},
+      {"force", no_argument, nullptr, 'f'},
+      {"dereference", no_argument, nullptr, 'L'},
+      {"no-clobber", no_argument, nullptr, 'n'},
+      {"no-dereference", no_argument, nullptr, 'P'},
+      {"preserve", optional_argument, nullptr, opt_preserve},
+      {"no-preserve", required_argument, nullptr, opt_no_preserve},
+      {"recursive", no_argument, nullptr, 'r'},
+      {"reflink", optional_argument, nullptr, opt_reflink},
+      {"sparse", required_argument, nullptr, opt_sparse},
+      {"target-directory", required_argument, nullptr, 't'},
       {"no-target-directory", no_argument, nullptr, 'T'},
+      {"update", no_argument, nullptr, 'u'},
+      {"verbose", no_argument, nullptr, 'v'},
+      {"jobs", required_argument, nullptr, 'j'},
+      {"method", required_argument, nullptr, opt_method},
+      {"atomic", no_argument, nullptr, opt_atomic},
+      {"durable", no_argument, nullptr, opt_durable},
+      {"progress", no_argument, nullptr, opt_progress},
+      {"no-progress", no_argument, nullptr, opt_no_progress},
+      {"chunk", required_argument, nullptr, opt_chunk},
+      {"help", no_argument, nullptr, opt_help},
+      {"version", no_argument, nullptr, opt_version},
       {nullptr, 0, nullptr, 0}};
+  bool method_given = false;
   opterr = 0;  // our own messages, in cp's form
-  for (int c; (c = ::getopt_long(argc, argv, ":rRj:pfqhT", longs, nullptr)) != -1;) {
+  for (int c; (c = ::getopt_long(argc, argv, ":adfHLnPprRt:Tuvj:", longs, nullptr)) != -1;) {
     char* end = nullptr;
     switch (c) {
+      case 'a':
+        s.recursive = true;
+        s.links = deref::never;
+        s.keep_mode = s.keep_owner = s.keep_times = s.keep_links = s.keep_xattrs = true;
+        break;
+      case 'd':
+        s.links = deref::never;
+        s.keep_links = true;
+        break;
+      case 'f': break;  // an existing file is always replaced (by rename)
+      case 'H': s.links = deref::command_line; break;
+      case 'L': s.links = deref::always; break;
+      case 'P': s.links = deref::never; break;
+      case 'n': s.existing = pidring::existing_entry::keep; break;
+      case 'u':
+        if (s.existing != pidring::existing_entry::keep) s.existing = pidring::existing_entry::replace_older;
+        break;
+      case 'p': s.keep_mode = s.keep_owner = s.keep_times = true; break;
+      case opt_preserve: parse_preserve(s, optarg ? optarg : "mode,ownership,timestamps", true, "--preserve"); break;
+      case opt_no_preserve: parse_preserve(s, optarg, false, "--no-preserve"); break;
       case 'r':
       case 'R': s.recursive = true; break;
+      case 't':
+        if (s.target_directory) usage_error("multiple target directories specified");
+        s.target_directory = optarg;
+        break;
+      case 'T': s.no_target_directory = true; break;
+      case 'v': s.verbose = true; break;
+      case opt_reflink: {
+        const std::string_view when = optarg ? optarg : "always";
+        if (when == "auto") s.method = pidring::copy_method::automatic;
+        else if (when == "always") s.method = pidring::copy_method::reflink;
+        else if (when == "never") {
+          if (!method_given) s.method = pidring::copy_method::read_write;  // copy_file_range may clone too
+        } else usage_error("invalid argument '" + std::string(when) + "' for '--reflink'");
+        break;
+      }
+      case opt_sparse: {
+        const std::string_view when = optarg;
+        if (when == "auto") s.sparse = true, s.zeros_as_holes = false;
+        else if (when == "always") s.sparse = true, s.zeros_as_holes = true;
+        else if (when == "never") s.sparse = false, s.zeros_as_holes = false;
+        else usage_error("invalid argument '" + std::string(when) + "' for '--sparse'");
+        break;
+      }
       case 'j': {
         const unsigned long n = std::strtoul(optarg, &end, 10);
         if (end == optarg || *end != '\0' || n > 1024) usage_error(std::string("invalid number of jobs: '") + optarg + "'");
@@ -311,140 +560,142 @@ int run(int argc, char** argv) {
         const auto m = parse_method(optarg);
         if (!m) usage_error(std::string("invalid argument '") + optarg + "' for '--method'");
         s.method = *m;
+        method_given = true;
         break;
       }
-      case 'p': s.preserve = true; break;
-      case 'f': s.force = true; break;
+      case opt_atomic: s.atomic = true; break;
       case opt_durable: s.durable = true; break;
-      case opt_no_sparse: s.sparse = false; break;
+      case opt_progress: s.progress = true; break;
+      case opt_no_progress: s.progress = false, s.no_progress = true; break;
       case opt_chunk: {
         const unsigned long long n = std::strtoull(optarg, &end, 10);
         if (end == optarg || *end != '\0') usage_error(std::string("invalid chunk size: '") + optarg + "'");
         s.chunk = n;
         break;
       }
-      case 'q': s.quiet = true; break;
-      case 'T': s.no_target_directory = true; break;
-      case 'h': std::fputs(usage_text, stdout); return 0;
-      case ':': usage_error(std::string("option requires an argument -- '") + static_cast<char>(optopt) + "'");
+      case opt_help: std::fputs(usage_text, stdout); std::exit(0);
+      case opt_version:
+        std::printf("pcp (pidring) %s\nA cp on pidring's parallel copier; see pcp(1).\n", PIDRING_VERSION_STRING);
+        std::exit(0);
+      case ':':
+        if (optopt != 0 && optopt < 256) usage_error(std::string("option requires an argument -- '") + static_cast<char>(optopt) + "'");
+        usage_error(std::string("option '") + argv[optind - 1] + "' requires an argument");
       default:
-        if (optopt != 0) usage_error(std::string("invalid option -- '") + static_cast<char>(optopt) + "'");
+        if (optopt != 0 && optopt < 256) usage_error(std::string("invalid option -- '") + static_cast<char>(optopt) + "'");
         usage_error(std::string("unrecognized option '") + argv[optind - 1] + "'");
     }
   }
-  std::vector<std::string> operands(argv + optind, argv + argc);
+  operands.assign(argv + optind, argv + argc);
+  if (s.links == deref::unset) s.links = s.recursive ? deref::never : deref::always;
+  return s;
+}
+
+int run(int argc, char** argv) {
+  std::vector<std::string> operands;
+  settings s = parse(argc, argv, operands);
+  s.umask = ::umask(022);
+  ::umask(s.umask);
+
+  // The operands: SOURCE... and where they go (cp's rules).
+  if (s.target_directory && s.no_target_directory) usage_error("cannot combine --target-directory (-t) and --no-target-directory (-T)");
   if (operands.empty()) usage_error("missing file operand");
-  if (operands.size() == 1) usage_error("missing destination file operand after '" + operands[0] + "'");
-  const std::string target = operands.back();
-  operands.pop_back();
-  if (s.no_target_directory && operands.size() > 1)
-    usage_error("extra operand '" + operands[1] + "'");
-  struct stat tst {};
-  const bool target_is_dir = !s.no_target_directory && ::stat(target.c_str(), &tst) == 0 && S_ISDIR(tst.st_mode);
-  if (operands.size() > 1 && !target_is_dir) {
-    if (::lstat(target.c_str(), &tst) == 0) std::fprintf(stderr, "pcp: target '%s' is not a directory\n", target.c_str());
-    else std::fprintf(stderr, "pcp: target '%s': %s\n", target.c_str(), std::strerror(errno));
-    return 1;
+  std::string target;
+  bool into_directory = false;
+  if (s.target_directory) {
+    target = *s.target_directory;
+    struct stat st {};
+    if (::stat(target.c_str(), &st) != 0) {
+      std::fprintf(stderr, "pcp: target directory %s: %s\n", quote(target).c_str(), std::strerror(errno));
+      return 1;
+    }
+    if (!S_ISDIR(st.st_mode)) {
+      std::fprintf(stderr, "pcp: target directory %s: %s\n", quote(target).c_str(), std::strerror(ENOTDIR));
+      return 1;
+    }
+    into_directory = true;
+  } else {
+    if (operands.size() == 1) usage_error("missing destination file operand after " + quote(operands[0]));
+    if (s.no_target_directory && operands.size() > 2) usage_error("extra operand " + quote(operands[2]));
+    target = operands.back();
+    operands.pop_back();
+    if (!s.no_target_directory) {
+      struct stat st {};
+      into_directory = ::stat(target.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+      if (operands.size() > 1 && !into_directory) {
+        const int err = ::stat(target.c_str(), &st) == 0 ? ENOTDIR : errno;
+        std::fprintf(stderr, "pcp: target %s: %s\n", quote(target).c_str(), std::strerror(err));
+        return 1;
+      }
+    }
   }
+
   int status = 0;
   std::vector<item> items;
+  // Where each source went, so that a source named twice is copied once (cp: a warning) and two
+  // sources with one name do not replace each other (cp: "will not overwrite just-created").
+  std::map<std::string, std::pair<dev_t, ino_t>> made;
   for (const std::string& src : operands) {
     struct stat st {};
-    if (::stat(src.c_str(), &st) != 0) {
-      std::fprintf(stderr, "pcp: cannot stat '%s': %s\n", src.c_str(), std::strerror(errno));
+    const bool follow = s.links != deref::never;
+    if ((follow ? ::stat(src.c_str(), &st) : ::lstat(src.c_str(), &st)) != 0) {
+      std::fprintf(stderr, "pcp: cannot stat %s: %s\n", quote(src).c_str(), std::strerror(errno));
+      status = 1;
+      continue;
+    }
+    const bool dir = S_ISDIR(st.st_mode);
+    if (dir && !s.recursive) {
+      std::fprintf(stderr, "pcp: -r not specified; omitting directory %s\n", quote(src).c_str());
       status = 1;
       continue;
     }
     item it;
     it.from = src;
-    it.to = target_is_dir ? (fs::path(target) / base_name(src)).string() : target;
-    it.tree = S_ISDIR(st.st_mode);
-    it.size = static_cast<std::uint64_t>(st.st_size);
-    if (it.tree && !s.recursive) {
-      std::fprintf(stderr, "pcp: -r not specified; omitting directory '%s'\n", src.c_str());
-      status = 1;
+    const std::string name = base_name(src);
+    it.to = !into_directory ? target : name == "." || name == ".." ? target : (fs::path(target) / name).string();
+    const auto [was, fresh] = made.try_emplace(fs::path(it.to).lexically_normal().string(), st.st_dev, st.st_ino);
+    if (!fresh) {
+      if (was->second == std::pair(st.st_dev, st.st_ino)) {
+        std::fprintf(stderr, "pcp: warning: source %s %s specified more than once\n", dir ? "directory" : "file",
+                     quote(src).c_str());
+      } else {
+        std::fprintf(stderr, "pcp: will not overwrite just-created %s with %s\n", quote(it.to).c_str(), quote(src).c_str());
+        status = 1;
+      }
       continue;
     }
+    it.size = static_cast<std::uint64_t>(st.st_size);
+    it.links = s.links == deref::always         ? pidring::tree_links::follow
+               : s.links == deref::command_line ? (dir ? pidring::tree_links::follow_top : pidring::tree_links::follow)
+                                                : pidring::tree_links::copy;
+    // A regular file goes through copy_file (lanes for a big one, the uring method) where that
+    // is cp's behaviour too: the mode as the source's (the umask takes nothing from it), an
+    // existing file replaced. Everything else is copy_tree's: a directory, a link kept as a
+    // link, a FIFO or device, -n/-u (decided by the library where it creates the file).
+    const mode_t bits = st.st_mode & 0777;
+    const bool mode_as_is = s.keep_mode || s.default_mode || (bits & ~s.umask) == bits;
+    it.tree = !S_ISREG(st.st_mode) || !mode_as_is || s.existing != pidring::existing_entry::replace ||
+              (st.st_mode & (S_ISUID | S_ISGID | S_ISVTX)) != 0;
     items.push_back(std::move(it));
   }
   if (items.empty()) return status;
-  progress_view view(s.quiet);
+
+  signal_stop signals;
+  progress_view view(s.progress || (!s.no_progress && ::isatty(STDERR_FILENO) == 1));
+  job j{s, view, signals.token()};
   try {
     pidring::io_context io;
-    if (io.run(copy_all(io, items, s, view)) != 0) status = 1;
+    io.run(copy_all(io, items, j));
   } catch (const std::exception& e) {
     view.clear();
     std::fprintf(stderr, "pcp: %s\n", e.what());
     status = 1;
   }
-  return status;
-}
-
-// No arguments: a generated 64 MiB file is copied, compared byte for byte and removed.
-int self_demo(const char* self) {
-  std::string dir_template = "/tmp/pcp-demo-XXXXXX";
-  if (::mkdtemp(dir_template.data()) == nullptr) {
-    std::perror("pcp: mkdtemp");
-    return 1;
-  }
-  const fs::path dir = dir_template;
-  const auto src = dir / "source.bin", dst = dir / "copy.bin";
-  int rc = 1;
-  try {
-    constexpr std::size_t size = 64u << 20;
-    {
-      std::vector<std::uint64_t> block(1u << 17);  // 1 MiB of xorshift output per write
-      std::uint64_t x = 0x9E3779B97F4A7C15ull;
-      const int fd = ::open(src.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-      if (fd < 0) throw std::system_error(errno, std::generic_category(), "create " + src.string());
-      for (std::size_t done = 0; done < size; done += 1u << 20) {
-        for (auto& w : block) {
-          x ^= x << 13;
-          x ^= x >> 7;
-          x ^= x << 17;
-          w = x;
-        }
-        if (::write(fd, block.data(), 1u << 20) != (1 << 20)) {
-          ::close(fd);
-          throw std::system_error(errno, std::generic_category(), "write " + src.string());
-        }
-      }
-      ::close(fd);
-    }
-    std::printf("pcp: self-demo: copying a generated %s file (run 'pcp --help' for usage)\n", human_bytes(size).c_str());
-    std::string a0 = self, a1 = src.string(), a2 = dst.string();
-    char* args[] = {a0.data(), a1.data(), a2.data(), nullptr};
-    const auto t0 = clock_type::now();
-    rc = run(3, args);
-    const double secs = std::chrono::duration<double>(clock_type::now() - t0).count();
-    if (rc == 0) {
-      const int a = ::open(src.c_str(), O_RDONLY | O_CLOEXEC), b = ::open(dst.c_str(), O_RDONLY | O_CLOEXEC);
-      std::vector<char> ba(1u << 20), bb(1u << 20);
-      bool same = a >= 0 && b >= 0;
-      while (same) {
-        const ssize_t na = ::read(a, ba.data(), ba.size()), nb = ::read(b, bb.data(), bb.size());
-        if (na != nb || na < 0) same = false;
-        else if (na == 0) break;
-        else same = std::memcmp(ba.data(), bb.data(), static_cast<std::size_t>(na)) == 0;
-      }
-      if (a >= 0) ::close(a);
-      if (b >= 0) ::close(b);
-      std::printf("pcp: self-demo: copied in %.3f s; verification %s\n", secs,
-                  same ? "passed: the copy is identical" : "FAILED");
-      rc = same ? 0 : 1;
-    }
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "pcp: self-demo: %s\n", e.what());
-    rc = 1;
-  }
-  std::error_code ignored;
-  fs::remove_all(dir, ignored);
-  return rc;
+  view.clear();
+  std::fflush(stdout);
+  if (const int sig = signals.received(); sig != 0) return 128 + sig;
+  return j.failed ? 1 : status;
 }
 
 }  // namespace
 
-int main(int argc, char** argv) {
-  if (argc == 1) return self_demo(argv[0]);
-  return run(argc, argv);
-}
+int main(int argc, char** argv) { return run(argc, argv); }

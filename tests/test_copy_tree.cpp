@@ -530,3 +530,25 @@ TEST_CASE("copy_tree: an exception from on_progress ends the copy and removes wh
   }
   CHECK(entries(dir.path()) == std::vector<std::string>{"src"});
 }
+
+TEST_CASE("copy_tree: merging, on_copied names the top directory first when it is made, never when it was there",
+          "[copy_tree]") {
+  test_util::temp_dir dir;
+  fs::create_directories(dir / "src" / "sub");
+  test_util::write_file(dir / "src" / "sub" / "f", "f");
+  std::vector<std::string> told;
+  tree_options o;
+  o.merge = true;
+  o.on_copied = [&](const pidring::tree_entry_report& r) {
+    told.push_back(r.from.lexically_relative(dir.path()).string() + " -> " + r.to.lexically_relative(dir.path()).string());
+  };
+  copy_tree(dir / "src", dir / "dst", o);
+  REQUIRE(told.size() == 3);
+  CHECK(told[0] == "src -> dst");
+  std::sort(told.begin() + 1, told.end());
+  CHECK(told[1] == "src/sub -> dst/sub");
+  CHECK(told[2] == "src/sub/f -> dst/sub/f");
+  told.clear();
+  copy_tree(dir / "src", dir / "dst", o);  // everything there: only the file is copied again
+  CHECK(told == std::vector<std::string>{"src/sub/f -> dst/sub/f"});
+}

@@ -19,6 +19,7 @@
 #include <mutex>
 #include <cstring>
 #include <filesystem>
+#include <mutex>
 #include <random>
 #include <stop_token>
 #include <string>

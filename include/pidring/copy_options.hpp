@@ -174,7 +174,8 @@ struct tree_options {
   /// Called on the loop's thread, in batches as the copy goes on.
   std::function<void(const error&)> on_error;
   /// Each entry copied (directories, files, links, special files; not those kept), on the loop's
-  /// thread: with merge in batches as the copy goes on, else once the tree is in place (`cp -v`).
+  /// thread: with merge in batches as the copy goes on (the top directory first if it is made,
+  /// not if it was there), else once the tree is in place (`cp -v`).
   std::function<void(const tree_entry_report&)> on_copied;
   /// A stop request ends the copy with std::system_error(ECANCELED); `to` is left as it was
   /// (with merge: what was copied stays).

@@ -58,6 +58,14 @@ endif()
 if(MODE STREQUAL "find_package")
   run("install pidring into ${prefix}"
       "${CMAKE_COMMAND}" --install "${PIDRING_BUILD}" --prefix "${prefix}")
+  if(PIDRING_TOOLS)  # PIDRING_INSTALL_TOOLS: pcp and its man page
+    foreach(installed IN ITEMS bin/pcp share/man/man1/pcp.1)
+      if(NOT EXISTS "${prefix}/${installed}")
+        message(FATAL_ERROR "consumer ${MODE}: ${installed} was not installed")
+      endif()
+    endforeach()
+    run("run the installed pcp" "${prefix}/bin/pcp" --version)
+  endif()
   list(APPEND configure_args
     "-DCMAKE_PREFIX_PATH=${prefix}"
     "-DPIDRING_EXPECTED_VERSION=${PIDRING_VERSION}"

@@ -369,8 +369,12 @@ struct tree_copy {
   unique_fd open_merge_root(bool exists) {
     state[0] = entry_state::merged;
     if (!exists) {
-      if (::mkdirat(dest.parent.get(), dest.name.c_str(), merge_dir_mode(0)) == 0) state[0] = entry_state::made;
-      else if (errno != EEXIST) site.fail(errno, "mkdir");
+      if (::mkdirat(dest.parent.get(), dest.name.c_str(), merge_dir_mode(0)) == 0) {
+        state[0] = entry_state::made;
+        copied(0);  // on_copied: the top directory first, as `cp -v` says it
+      } else if (errno != EEXIST) {
+        site.fail(errno, "mkdir");
+      }
     }
     unique_fd fd(::openat(dest.parent.get(), dest.name.c_str(), O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
     if (!fd) site.say(errno, "create destination", "cannot overwrite non-directory " + quoted_path(to.string()) + " with directory");
