@@ -31,7 +31,7 @@ pidring::task<long> run_cats(pidring::io_context& io, std::string input, unsigne
     opts.input = std::move(input);
   }
   const auto t0 = bench::now_ns();
-  pidring::pipeline_result r = co_await pidring::run_pipeline(io, cats, std::move(opts));
+  pidring::pipeline_result r = co_await pidring::run_pipeline(io, cats, pidring::moved(opts));
   seconds = static_cast<double>(bench::now_ns() - t0) / 1e9;
   if (!r.success()) co_return -1;
   co_return in >= 0 ? static_cast<long>(::lseek(out, 0, SEEK_END) >> 20) : static_cast<long>(r.out.size() >> 20);

@@ -30,7 +30,7 @@ namespace {
 
 pidring::task<pidring::pipeline_result> pipeline_task(pidring::io_context& io, const std::vector<pidring::command>& cmds,
                                                       pidring::run_options o) {
-  co_return co_await pidring::run_pipeline(io, cmds, std::move(o));
+  co_return co_await pidring::run_pipeline(io, cmds, pidring::moved(o));
 }
 
 // Bytes that a stage which dropped, doubled or reordered a block would not reproduce.

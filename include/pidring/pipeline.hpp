@@ -3,6 +3,7 @@
 /// run_pipeline(): the shell's `a | b | c`, with run()'s input, capture, timeout and no deadlock.
 
 #include <pidring/child.hpp>
+#include <pidring/detail/named_options.hpp>
 #include <pidring/error.hpp>
 #include <pidring/exit_status.hpp>
 #include <pidring/io_context.hpp>
@@ -206,18 +207,44 @@ task<pipeline_result> run_pipeline_impl(io_context& io, std::vector<command> com
 /// program) throws as spawn() does, after the stages already started were killed and reaped.
 /// An empty list throws EINVAL.
 ///
-/// g++ 12: name the command list and the options before the co_await (no braced temporaries
-/// inside the co_await expression).
+/// The options are copied; g++ 12 takes them by name only (the && overload below).
 template <class = void>
-task<pipeline_result> run_pipeline(io_context& io, const std::vector<command>& commands, run_options options) {
+task<pipeline_result> run_pipeline(io_context& io, const std::vector<command>& commands, const run_options& options) {
+  return detail::run_pipeline_impl(io, commands, options, {});
+}
+
+/// run_pipeline() with the options moved in: refused on g++ 12 (see detail/named_options.hpp),
+/// which miscompiles an options object made inside a co_await expression; name them there.
+template <class Refused = void>
+task<pipeline_result> run_pipeline(io_context& io, const std::vector<command>& commands, run_options&& options) {
+#ifdef PIDRING_NAMED_OPTIONS_ONLY
+  static_assert(detail::named_options_only<Refused>, PIDRING_NAME_THE_OPTIONS("run_options", "run_pipeline"));
+#endif
   return detail::run_pipeline_impl(io, commands, std::move(options), {});
+}
+
+/// run_pipeline() taking the options out of the variable pidring::moved(o) names (a large input
+/// moved in without a copy, also on g++ 12).
+template <class = void>
+task<pipeline_result> run_pipeline(io_context& io, const std::vector<command>& commands, moved_run_options options) {
+  return detail::run_pipeline_impl(io, commands, options.take(), {});
 }
 
 /// The same, ended by a stop request as by a timeout: every stage is killed and reaped, then
 /// the pipeline throws pidring::error with ECANCELED (operation "run_pipeline").
 template <class = void>
-task<pipeline_result> run_pipeline(io_context& io, const std::vector<command>& commands, run_options options,
+task<pipeline_result> run_pipeline(io_context& io, const std::vector<command>& commands, const run_options& options,
                                    std::stop_token stop) {
+  return detail::run_pipeline_impl(io, commands, options, std::move(stop));
+}
+
+/// The stoppable form with the options moved in (refused on g++ 12, as above).
+template <class Refused = void>
+task<pipeline_result> run_pipeline(io_context& io, const std::vector<command>& commands, run_options&& options,
+                                   std::stop_token stop) {
+#ifdef PIDRING_NAMED_OPTIONS_ONLY
+  static_assert(detail::named_options_only<Refused>, PIDRING_NAME_THE_OPTIONS("run_options", "run_pipeline"));
+#endif
   return detail::run_pipeline_impl(io, commands, std::move(options), std::move(stop));
 }
 

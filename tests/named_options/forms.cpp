@@ -15,6 +15,7 @@
 #include <fstream>
 #include <stop_token>
 #include <string>
+#include <vector>
 
 using namespace std::chrono_literals;
 
@@ -73,6 +74,11 @@ pidring::task<void> accepted(pidring::io_context& io) {
   quiet.out = pidring::stdio::null();
   auto h = co_await pidring::spawn(io, cat, quiet).wait();
   expect(h.success(), "spawn(io, cat, quiet).wait()");
+  const std::vector<pidring::command> stages{{"cat"}, {"cat"}};
+  pidring::run_options fed;
+  fed.input = "z";
+  auto i = co_await pidring::run_pipeline(io, stages, fed);
+  expect(i.out == "z", "run_pipeline(io, stages, fed)");
 }
 
 #ifdef PIDRING_FORMS_REFUSED
@@ -145,6 +151,14 @@ pidring::task<void> form_copy_range(pidring::io_context& io) {
 }
 #endif
 
+#if PIDRING_FORM(9)
+pidring::task<void> form_pipeline(pidring::io_context& io) {
+  const std::vector<pidring::command> stages{{"cat"}, {"cat"}};
+  auto r = co_await pidring::run_pipeline(io, stages, {.input = "x"});  // refused
+  expect(r.out == "x", "run_pipeline(io, stages, {.input = ...})");
+}
+#endif
+
 pidring::task<void> refused([[maybe_unused]] pidring::io_context& io) {
 #if PIDRING_FORM(1)
   co_await form_designated(io);
@@ -170,8 +184,11 @@ pidring::task<void> refused([[maybe_unused]] pidring::io_context& io) {
 #if PIDRING_FORM(8)
   co_await form_copy_range(io);
 #endif
+#if PIDRING_FORM(9)
+  co_await form_pipeline(io);
+#endif
 }
-#define PIDRING_REFUSED_FORMS 8
+#define PIDRING_REFUSED_FORMS 9
 #endif
 
 pidring::task<int> all(pidring::io_context& io) {
