@@ -101,20 +101,27 @@ std::chrono::nanoseconds typical_time(F&& f) {
   return t[t.size() / 2];
 }
 
-// The delays to sweep: 85% of the runs in small steps over 1.3 times a copy's typical time, the
-// rest in larger steps up to 5 times it, so that both outcomes are seen also when the machine is
-// slower during the sweep than it was when the typical time was measured (a loaded CI machine).
-std::chrono::nanoseconds delay_of(int run, int runs, std::chrono::nanoseconds typical) {
-  const int fine = runs * 85 / 100;
-  if (run < fine) return typical * 13 / 10 * run / fine;
-  return typical * 13 / 10 + typical * 37 / 10 * (run - fine + 1) / (runs - fine);
-}
-
 bool is_cancelled(const std::system_error& e) { return e.code().value() == ECANCELED; }
 
 struct tally {
   int cancelled = 0, completed = 0;
 };
+
+// Runs `runs` times, then (at most 24 more) until both outcomes were seen: a machine slower
+// during the sweep than when the typical time was measured (the stopper thread spins on one of
+// the 2 cores while ctest runs another test on the other) can cancel every copy of the sweep.
+bool more(int run, int runs, const tally& t) {
+  return run < runs || ((t.completed == 0 || t.cancelled == 0) && run < runs + 24);
+}
+
+// The delays: `runs` small steps over 1.3 times a copy's typical time; after them, no delay
+// while nothing was cancelled, else a delay doubled at each run (up to 1,024 times) while
+// nothing completed.
+std::chrono::nanoseconds delay_of(int run, int runs, std::chrono::nanoseconds typical, const tally& t) {
+  if (run < runs) return typical * 13 / 10 * run / runs;
+  if (t.cancelled == 0) return std::chrono::nanoseconds(0);
+  return typical * 13 / 10 * (std::int64_t{1} << std::min(run - runs + 1, 10));
+}
 
 }  // namespace copy_cancel_test
 
@@ -150,10 +157,10 @@ TEST_CASE("copy_file: a stop from another thread at any instant ends in ECANCELE
     });
     tally t;
     constexpr int runs = 600;
-    for (int run = 0; run < runs; ++run) {
+    for (int run = 0; more(run, runs, t); ++run) {
       std::stop_source stop;
       const pidring::copy_options o = options(stop.get_token());
-      s.arm(stop, delay_of(run, runs, typical));
+      s.arm(stop, delay_of(run, runs, typical, t));
       try {
         io.run(pidring::copy_file(io, dir / "src", to, o));
         ++t.completed;
@@ -190,13 +197,13 @@ TEST_CASE("copy_range: a stop from another thread at any instant ends in ECANCEL
   const auto typical = typical_time([&] { io.run(pidring::copy_range(io, in, out, 0, data.size())); });
   tally t;
   constexpr int runs = 600;
-  for (int run = 0; run < runs; ++run) {
+  for (int run = 0; more(run, runs, t); ++run) {
     REQUIRE(::ftruncate(out, 0) == 0);
     std::stop_source stop;
     pidring::copy_options o;
     o.stop = stop.get_token();
     o.chunk_size = 64 * 1024;
-    s.arm(stop, delay_of(run, runs, typical));
+    s.arm(stop, delay_of(run, runs, typical, t));
     try {
       const std::uint64_t n = io.run(pidring::copy_range(io, in, out, 0, data.size(), o));
       ++t.completed;
@@ -239,10 +246,10 @@ TEST_CASE("copy_tree: a stop from another thread at any instant ends in ECANCELE
     });
     tally t;
     constexpr int runs = 400;
-    for (int run = 0; run < runs; ++run) {
+    for (int run = 0; more(run, runs, t); ++run) {
       std::stop_source stop;
       const pidring::tree_options o = options(stop.get_token());
-      s.arm(stop, delay_of(run, runs, typical));
+      s.arm(stop, delay_of(run, runs, typical, t));
       try {
         const pidring::tree_result r = io.run(pidring::copy_tree(io, dir / "src", dir / "dst", o));
         ++t.completed;

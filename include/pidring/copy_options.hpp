@@ -105,8 +105,14 @@ struct copy_result {
 
 /// What copy_tree's on_progress is told: regular files and their bytes, done of total.
 struct tree_progress {
-  std::uint64_t files_done = 0, files_total = 0;
-  std::uint64_t bytes_done = 0, bytes_total = 0;
+  /// Regular files copied so far.
+  std::uint64_t files_done = 0;
+  /// Regular files the walk found.
+  std::uint64_t files_total = 0;
+  /// Bytes of regular files copied so far.
+  std::uint64_t bytes_done = 0;
+  /// Bytes of all the regular files the walk found (or more, where files grew while copied).
+  std::uint64_t bytes_total = 0;
 };
 
 /// What copy_tree does with the symbolic links it meets.
@@ -129,7 +135,10 @@ enum class existing_entry {
 
 /// One entry that copy_tree copied (on_copied): where it was, where the copy is.
 struct tree_entry_report {
-  std::filesystem::path from, to;
+  /// The entry in the source.
+  std::filesystem::path from;
+  /// Its copy.
+  std::filesystem::path to;
 };
 
 /// How to copy a tree (name it before awaiting, as copy_options).
@@ -158,8 +167,11 @@ struct tree_options {
   bool merge = false;
   /// With merge: what to do with a file, link or special file that `to` already has.
   existing_entry existing = existing_entry::replace;
-  /// Holes stay holes (false: written as zeros); zeros_as_holes as for copy_file.
-  bool sparse = true, zeros_as_holes = false;
+  /// Holes stay holes (false: written as zeros).
+  bool sparse = true;
+  /// Runs of zero blocks in the data are written as holes too, as copy_options::zeros_as_holes
+  /// (`cp --sparse=always`).
+  bool zeros_as_holes = false;
   /// Also give everything the source's owner and group (needs privilege), and keep set-id bits.
   bool preserve_owner = false;
   /// Also copy extended attributes of files and directories (ACLs, SELinux labels...).
@@ -186,8 +198,22 @@ struct tree_options {
 /// symbolic links, FIFOs and device nodes, sockets skipped, and the bytes of the regular files.
 /// With merge also: entries left as they were (`existing`), and entries that failed (on_error).
 struct tree_result {
-  std::uint64_t files = 0, directories = 0, symlinks = 0, specials = 0, skipped = 0, bytes = 0;
-  std::uint64_t kept = 0, failed = 0;
+  /// Regular files made, hard links included.
+  std::uint64_t files = 0;
+  /// Directories made, the top one included (if it was made).
+  std::uint64_t directories = 0;
+  /// Symbolic links made.
+  std::uint64_t symlinks = 0;
+  /// FIFOs and device nodes made.
+  std::uint64_t specials = 0;
+  /// Entries not copied (sockets).
+  std::uint64_t skipped = 0;
+  /// Bytes of the regular files.
+  std::uint64_t bytes = 0;
+  /// With merge: entries left as `to` had them (tree_options::existing).
+  std::uint64_t kept = 0;
+  /// With merge and on_error: entries that could not be copied (and those below them).
+  std::uint64_t failed = 0;
 };
 
 }  // namespace pidring

@@ -21,6 +21,7 @@
 #include <optional>
 #include <stop_token>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace pidring {
@@ -106,7 +107,7 @@ task<pipeline_result> run_pipeline_impl(io_context& io, std::vector<command> com
     try {
       for (std::size_t i = 0; i < n; ++i) {
         spawn_options so = o.spawn;
-        unique_fd this_in = std::move(next_in), this_out;
+        unique_fd this_in = std::exchange(next_in, unique_fd()), this_out;
         if (i > 0)
           so.in = stdio::fd(this_in.get());
         else if (o.input)
@@ -119,7 +120,7 @@ task<pipeline_result> run_pipeline_impl(io_context& io, std::vector<command> com
             throw_error(errno, "run_pipeline",
                         "run_pipeline: pipe2 between stage " + std::to_string(i) + " (" +
                             quoted(commands[i].argv().empty() ? std::string() : commands[i].argv()[0]) + ") and the next");
-          next_in.reset(ends[0]);
+          next_in = unique_fd(ends[0]);
           this_out.reset(ends[1]);
           // 1 MiB instead of 64 KiB: a stage blocks (and switches) 16 times less often. Best
           // effort: an unprivileged user over fs.pipe-user-pages-soft keeps the default.

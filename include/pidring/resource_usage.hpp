@@ -22,6 +22,7 @@ struct resource_usage {
   /// memory.peak, 0 where the kernel or the cgroup has none).
   std::uint64_t max_rss_bytes = 0;
 
+  /// Equal when every field is.
   friend bool operator==(const resource_usage&, const resource_usage&) = default;
 };
 

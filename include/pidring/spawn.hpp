@@ -97,8 +97,12 @@ class stdio {
 /// A resource limit the child starts with (setrlimit in the child): `resource` is one of the
 /// RLIMIT_* constants, `soft` and `hard` its new values (RLIM_INFINITY for none).
 struct rlimit_setting {
+  /// RLIMIT_NOFILE, RLIMIT_CORE, ...
   int resource;
-  rlim_t soft, hard;
+  /// The soft limit (what the child may raise up to `hard`).
+  rlim_t soft;
+  /// The hard limit.
+  rlim_t hard;
 };
 
 /// How to start a child.

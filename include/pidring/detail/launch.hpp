@@ -545,7 +545,7 @@ inline long clone3_with_stack(clone3_args& args, int (*fn)(void*), void* arg) no
 // fn(arg) inside the cgroup of the directory `cgroup_dir` from its first instruction. ENOSYS
 // where this build or this kernel cannot (not x86-64; Linux < 5.7: EINVAL or E2BIG, reported
 // as ENOSYS too); any other error is the cgroup's (EBUSY, EACCES, EOPNOTSUPP...).
-inline launched clone3_vfork_into(int (*fn)(void*), void* arg, char* stack_top, int cgroup_dir) noexcept {
+inline launched clone3_vfork_into(int (*fn)(void*), void* arg, const char* stack_top, int cgroup_dir) noexcept {
 #if defined(__x86_64__)
   int pidfd = -1;
   clone3_args args{};
