@@ -1,6 +1,7 @@
 // The optimisation matrix (issue 11): one small program that does what every pidring user does
 // first - spawn a program, spawn a callable, run() with stdin and captured output, wait with a
-// timeout, copy a file - and exits non-zero at the first surprise. tests/matrix/run_matrix.sh
+// timeout, copy a file - and exits non-zero at the first surprise. It also starts a program
+// inside a cgroup: clone3 CLONE_INTO_CGROUP is pidring's one piece of inline asm (x86-64). tests/matrix/run_matrix.sh
 // builds it with g++ and clang++ at -O0 -O1 -O2 -O3 -Os -Og, each with and without
 // -fno-omit-frame-pointer, and runs every build: code that only works at the optimisation level
 // the presets happen to use (g++ -O1 once put an inline-asm operand in %rbp) fails here.
@@ -11,11 +12,13 @@
 #ifdef PIDRING_MATRIX_COPY
 #include <pidring/copy.hpp>
 #endif
+#include <pidring/cgroup.hpp>
 #include <pidring/run.hpp>
 #include <pidring/spawn.hpp>
 
 #include <fcntl.h>
 #include <stdlib.h>
+#include <sys/mount.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -94,6 +97,28 @@ pidring::task<void> everything(pidring::io_context& io, const std::filesystem::p
   const auto ended = co_await slow.wait_for(10s);
   check(ended && ended->signal() == SIGKILL,
         "wait_for after kill() gives SIGKILL, got: " + (ended ? ended->to_string() : "nullopt"));
+
+  // A program started inside a cgroup (the inline asm of detail/launch.hpp). Needs root and a
+  // cgroup v2 hierarchy, mounted here (as the tests do) on a cgroup v1 host; said and skipped
+  // where there is none.
+  const std::filesystem::path hierarchy = dir / "cgroup2";
+  std::filesystem::create_directory(hierarchy);
+  if (::geteuid() == 0 && ::mount("none", hierarchy.c_str(), "cgroup2", 0, nullptr) == 0) {
+    {
+      pidring::cgroup group = pidring::cgroup::create(io, {}, hierarchy);
+      pidring::spawn_options in_group;
+      in_group.cgroup = &group;
+      pidring::command where{"sh", "-c", "grep -q '^0::/pidring-' /proc/self/cgroup && exit 5"};
+      pidring::child inside = pidring::spawn(io, where, in_group);
+      const pidring::exit_status inside_status = co_await inside.wait();
+      check(inside_status.exited() && inside_status.code() == 5,
+            "spawn into a cgroup: the child is in it (exit 5), got: " + inside_status.to_string());
+    }
+    ::umount2(hierarchy.c_str(), MNT_DETACH);
+  } else {
+    std::printf("matrix: the cgroup part is skipped: not root, or mount -t cgroup2 failed (%s)\n",
+                std::strerror(errno));
+  }
 
 #ifdef PIDRING_MATRIX_COPY
   // copy_file with the default options (copy_file_range on the pool, one file system).

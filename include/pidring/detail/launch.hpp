@@ -3,9 +3,11 @@
 //
 // Programs: glibc clone(CLONE_VM | CLONE_VFORK | CLONE_PIDFD) runs child_exec on a small stack of
 // ours, sharing our memory, until it execs; the pidfd comes back from the same call. The child
-// runs raw system calls only. No inline asm: glibc's clone() already takes a stack, a function
-// and CLONE_PIDFD, and the one clone3-only flag we used (CLONE_CLEAR_SIGHAND) is replaced by the
-// handler loop of child_signals (docs/design.md says why that is not worth the asm).
+// runs raw system calls only. glibc's clone() already takes a stack, a function and CLONE_PIDFD,
+// and the clone3-only CLONE_CLEAR_SIGHAND is replaced by the handler loop of child_signals
+// (docs/design.md says why that is not worth asm). The one clone3 call is CLONE_INTO_CGROUP
+// (spawn_options::cgroup): a few instructions of inline asm on x86-64 (clone3_with_stack below,
+// built and run at every -O level by tests/matrix), the child moving itself in elsewhere.
 //
 // Callables: glibc fork(), so the child is a real fork() child (pthread_atfork handlers, its own
 // TID and robust-futex list, stdio and malloc locks reset), then pidfd_open(pid) while the child
