@@ -251,13 +251,7 @@ class event_loop {
     enter("run");
     if (!t.valid()) throw_error(EINVAL, "io_context", "io_context::run: empty task");
     rethrow_failure();
-    running_ = true;
-    owner_.store(std::this_thread::get_id());
-    struct stop_running {
-      bool& r;
-      ~stop_running() { r = false; }
-    } reset{running_};
-    sigpipe_guard guard;
+    running_scope running(*this);
     auto h = t.handle();
     h.resume();
     try {
@@ -289,13 +283,7 @@ class event_loop {
   std::size_t poll() {
     enter("poll");
     drive_from_outside();
-    running_ = true;
-    owner_.store(std::this_thread::get_id());
-    struct stop_running {
-      bool& r;
-      ~stop_running() { r = false; }
-    } reset{running_};
-    sigpipe_guard guard;
+    running_scope running(*this);
     std::size_t resumed = 0;
     try {
       // A coroutine that starts work which completes at once (a ready pipe on epoll) is followed
@@ -355,6 +343,23 @@ class event_loop {
   }
 
  private:
+  // While run() or poll() is on the stack: the calling thread owns the loop, enter() refuses a
+  // nested call, and SIGPIPE is blocked on the thread (sigpipe_guard).
+  class running_scope {
+   public:
+    explicit running_scope(event_loop& loop) : loop_(loop) {
+      loop.running_ = true;
+      loop.owner_.store(std::this_thread::get_id());
+    }
+    running_scope(const running_scope&) = delete;
+    running_scope& operator=(const running_scope&) = delete;
+    ~running_scope() { loop_.running_ = false; }
+
+   private:
+    event_loop& loop_;
+    sigpipe_guard guard_;
+  };
+
   void enter(const char* what) {
     if (running_)
       throw_error(EDEADLK, "io_context", std::string("io_context::") + what +
