@@ -37,10 +37,6 @@ class child {
  public:
   /// An empty handle (pid() == -1).
   child() noexcept = default;
-  /// For spawn().
-  explicit child(detail::child_parts parts) noexcept
-      : state_(std::move(parts.state)), in_(std::move(parts.in)), out_(std::move(parts.out)),
-        err_(std::move(parts.err)) {}
   /// Moves the handle (and its pipes); `o` becomes empty.
   child(child&&) noexcept = default;
   /// Drops the child held (as ~child() does), then takes `o`'s.
@@ -143,6 +139,11 @@ class child {
   }
 
  private:
+  // Only spawn() makes a child from its parts (through detail::child_access).
+  explicit child(detail::child_parts parts) noexcept
+      : state_(std::move(parts.state)), in_(std::move(parts.in)), out_(std::move(parts.out)),
+        err_(std::move(parts.err)) {}
+
   template <class = void>
   static task<std::optional<exit_status>> ready(std::optional<exit_status> s) {
     co_return s;
@@ -195,8 +196,9 @@ class child {
 
 namespace detail {
 
-// For pidring's own compositions of children (run(), run_pipeline()).
+// For pidring's own code: spawn() makes a child handle, run() and run_pipeline() compose children.
 struct child_access {
+  static child make(child_parts parts) noexcept { return child(std::move(parts)); }
   static const std::shared_ptr<process_state>& state(const child& c) noexcept { return c.state_; }
 };
 }  // namespace detail

@@ -433,7 +433,7 @@ child make_child(io_context& io, launched l, std::string name, const spawn_optio
   if (fds.parent_end[2])
     parts.err = std::make_unique<pipe_reader>(io, std::move(fds.parent_end[2]), "stderr of " + who);
   parts.state = std::move(s);
-  return child(std::move(parts));
+  return child_access::make(std::move(parts));
 }
 
 template <class F>
