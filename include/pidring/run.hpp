@@ -22,16 +22,16 @@ struct run_options {
   std::optional<std::string> input{};
   /// After this long the child is killed (SIGKILL), reaped, and timed_out is set.
   std::optional<std::chrono::nanoseconds> timeout{};
-  /// Capture stdout into completed::out (else it is inherited).
+  /// Capture stdout into run_result::out (else it is inherited).
   bool capture_out = true;
-  /// Capture stderr into completed::err (else it is inherited).
+  /// Capture stderr into run_result::err (else it is inherited).
   bool capture_err = true;
   /// Everything else about the child; its in/out/err are set by run().
   spawn_options spawn{};
 };
 
 /// What run() gives back.
-struct completed {
+struct run_result {
   /// How the child ended (SIGKILL when the timeout fired).
   exit_status status = exit_status::from_wait_status(0);
   /// What it wrote to stdout (if captured).
@@ -44,6 +44,10 @@ struct completed {
   std::optional<resource_usage> usage{};
 };
 
+/// run_result's earlier name, kept so that code written with it compiles and means the same:
+/// it is the same type, not a copy. New code should use run_result.
+using completed = run_result;
+
 /// Runs `cmd` to the end: feeds run_options::input, drains stdout and stderr concurrently (no
 /// pipe can fill up and deadlock), waits for the exit and gives it all back. The exit is taken
 /// from the pidfd: if a grandchild keeps the pipes open, run() still returns shortly after the
@@ -54,14 +58,14 @@ struct completed {
 /// left of its group is killed too, so `sh -c 'sleep 100 & exit'` returns at once and leaves
 /// nothing running.
 template <class = void>
-task<completed> run(io_context& io, const command& cmd, const run_options& options);
+task<run_result> run(io_context& io, const command& cmd, const run_options& options);
 
 /// run() with options moved in. On g++ 12 this does not compile, with a message that says what
 /// to write: that compiler miscompiles an options object made inside a co_await expression
 /// (`co_await run(io, cmd, {.input = "x"})` would crash), so name the options and pass them by
 /// name there, or as pidring::moved(o) to move a large input in rather than copy it.
 template <class Refused = void>
-task<completed> run(io_context& io, const command& cmd, run_options&& options);
+task<run_result> run(io_context& io, const command& cmd, run_options&& options);
 
 /// What pidring::moved(o) gives: run() takes the options out of `o` (moves them) when called.
 /// Not an aggregate, so it is safe inside a co_await expression on every compiler.
@@ -82,12 +86,12 @@ inline moved_run_options moved(run_options& o) noexcept { return moved_run_optio
 
 /// run() taking the options out of the variable pidring::moved(o) names.
 template <class = void>
-task<completed> run(io_context& io, const command& cmd, moved_run_options options);
+task<run_result> run(io_context& io, const command& cmd, moved_run_options options);
 
 /// run(io, cmd, run_options{}): an overload rather than a default argument, because g++ 12
 /// miscompiles a defaulted aggregate temporary inside a co_await expression.
 template <class = void>
-task<completed> run(io_context& io, const command& cmd);
+task<run_result> run(io_context& io, const command& cmd);
 
 }  // namespace pidring
 

@@ -61,7 +61,7 @@ task<void> run_drain(pipe_reader& r, std::string& out, std::size_t expected, std
 // frees the group's id. Its pipes then end at once instead of after the drain's grace.
 template <class = void>
 task<void> run_wait(io_context& io, const child& c, std::optional<std::chrono::nanoseconds> timeout,
-                    completed& result, std::stop_source& stop_io, std::stop_token all_drained) {
+                    run_result& result, std::stop_source& stop_io, std::stop_token all_drained) {
   const std::shared_ptr<process_state> s = child_access::state(c);
   std::optional<exit_status> st = co_await wait_until(s, {}, timeout, false);
   if (!st) {
@@ -78,7 +78,7 @@ task<void> run_wait(io_context& io, const child& c, std::optional<std::chrono::n
 }
 
 template <class = void>
-task<completed> run_impl(io_context& io, command cmd, run_options o) {
+task<run_result> run_impl(io_context& io, command cmd, run_options o) {
   spawn_options so = std::move(o.spawn);
   so.in = o.input ? stdio::pipe() : stdio::null();
   so.out = o.capture_out ? stdio::pipe() : stdio::inherit();
@@ -89,7 +89,7 @@ task<completed> run_impl(io_context& io, command cmd, run_options o) {
   if (o.input) ::fcntl(c.in().fd(), F_SETPIPE_SZ, 1 << 20);
   if (o.capture_out) ::fcntl(c.out().fd(), F_SETPIPE_SZ, 1 << 20);
   if (o.capture_err) ::fcntl(c.err().fd(), F_SETPIPE_SZ, 1 << 20);
-  completed result;
+  run_result result;
   std::stop_source stop_io, all_drained;
   unsigned open_pipes = (o.capture_out ? 1u : 0u) + (o.capture_err ? 1u : 0u);
   if (open_pipes == 0) all_drained.request_stop();
@@ -109,12 +109,12 @@ task<completed> run_impl(io_context& io, command cmd, run_options o) {
 }  // namespace detail
 
 template <class>
-task<completed> run(io_context& io, const command& cmd, const run_options& options) {
+task<run_result> run(io_context& io, const command& cmd, const run_options& options) {
   return detail::run_impl(io, cmd, options);
 }
 
 template <class Refused>
-task<completed> run(io_context& io, const command& cmd, run_options&& options) {
+task<run_result> run(io_context& io, const command& cmd, run_options&& options) {
 #ifdef PIDRING_NAMED_OPTIONS_ONLY
   static_assert(detail::named_options_only<Refused>,
                 PIDRING_NAME_THE_OPTIONS("run_options", "run") " To move a large input in: run(..., pidring::moved(o)).");
@@ -123,12 +123,12 @@ task<completed> run(io_context& io, const command& cmd, run_options&& options) {
 }
 
 template <class>
-task<completed> run(io_context& io, const command& cmd, moved_run_options options) {
+task<run_result> run(io_context& io, const command& cmd, moved_run_options options) {
   return detail::run_impl(io, cmd, options.take());
 }
 
 template <class>
-task<completed> run(io_context& io, const command& cmd) {
+task<run_result> run(io_context& io, const command& cmd) {
   return detail::run_impl(io, cmd, run_options{});
 }
 
