@@ -72,13 +72,13 @@ class child {
   task<std::optional<exit_status>> wait_for(std::chrono::nanoseconds timeout) {
     auto s = checked_state("wait_for");
     if (timeout.count() <= 0) return ready(s->reap_now());
-    return detail::wait_until(std::move(s), {}, timeout);
+    return detail::wait_for_exit(std::move(s), {}, timeout);
   }
 
   /// Waits until the child ends or `stop` is requested (nullopt, the child keeps running).
   template <class = void>
   task<std::optional<exit_status>> wait(std::stop_token stop) {
-    return detail::wait_until(checked_state("wait"), std::move(stop), std::nullopt);
+    return detail::wait_for_exit(checked_state("wait"), std::move(stop), std::nullopt);
   }
 
   /// waitpid(WNOHANG): the status if the child has ended (reaping it), else nullopt.

@@ -22,15 +22,15 @@
 
 namespace pidring::detail {
 
-// Waits until the child ends (its status), the stop token fires or the timeout passes (nullopt).
-// The operation waits for the exit without reaping (io_uring: IORING_OP_WAITID with WNOWAIT on
-// Linux 6.7+, else a poll of the pidfd; epoll: the pidfd's readiness), so every waiter is told;
-// reap_now() then reaps once. With reap = false the child is left a zombie (peek_exit()), for a
+// Waits for the child's exit: its status, or nullopt once `timeout` (if any) has passed or the
+// stop token fired. The operation waits for the exit without reaping (io_uring:
+// IORING_OP_WAITID with WNOWAIT on Linux 6.7+, else a poll of the pidfd; epoll: the pidfd's
+// readiness), so every waiter is told; reap_now() then reaps once. With reap = false the child is left a zombie (peek_exit()), for a
 // caller that must signal the group it leads before its id can be freed.
 template <class = void>
-task<std::optional<exit_status>> wait_until(std::shared_ptr<process_state> s, std::stop_token stop,
-                                            std::optional<std::chrono::nanoseconds> timeout,
-                                            bool reap = true) {
+task<std::optional<exit_status>> wait_for_exit(std::shared_ptr<process_state> s, std::stop_token stop,
+                                               std::optional<std::chrono::nanoseconds> timeout,
+                                               bool reap = true) {
   event_loop& loop = loop_of(*s->io);
   for (;;) {
     if (s->status) co_return s->status;
@@ -56,18 +56,18 @@ task<std::optional<exit_status>> wait_until(std::shared_ptr<process_state> s, st
 template <class = void>
 task<exit_status> end_tree(std::shared_ptr<process_state> s, int first, std::chrono::nanoseconds grace) {
   s->signal_tree(first);
-  std::optional<exit_status> st = co_await wait_until(s, {}, grace, false);
+  std::optional<exit_status> st = co_await wait_for_exit(s, {}, grace, false);
   if (!st || s->owns_tree()) {
     s->signal_tree(SIGKILL);
     s->killed = true;
   }
-  if (!st) st = co_await wait_until(s, {}, std::nullopt, false);
+  if (!st) st = co_await wait_for_exit(s, {}, std::nullopt, false);
   co_return *s->reap_now();
 }
 
 template <class = void>
 task<exit_status> wait_exit(std::shared_ptr<process_state> s) {
-  auto st = co_await wait_until(std::move(s), {}, std::nullopt);
+  auto st = co_await wait_for_exit(std::move(s), {}, std::nullopt);
   co_return *st;
 }
 
@@ -78,9 +78,9 @@ template <class = void>
 detached reap_in_background(std::shared_ptr<process_state> s) {
   try {
     if (hooks().throw_in_background_reap) throw std::runtime_error("test hook");
-    auto st = co_await wait_until(s, loop_of(*s->io).shutdown_token(), std::nullopt);
+    auto st = co_await wait_for_exit(s, loop_of(*s->io).shutdown_token(), std::nullopt);
     if (st) co_return;
-    if (s->killed && (co_await wait_until(s, {}, std::chrono::seconds(1)))) co_return;
+    if (s->killed && (co_await wait_for_exit(s, {}, std::chrono::seconds(1)))) co_return;
   } catch (...) {
     // Reaped elsewhere, or the ring refused the wait: the orphanage takes it if it can.
   }
@@ -100,7 +100,7 @@ template <class = void>
 task<void> wait_any_one(std::shared_ptr<process_state> s, std::stop_source& stop,
                         std::optional<std::size_t>& winner, std::size_t index) {
   try {
-    auto st = co_await wait_until(std::move(s), stop.get_token(), std::nullopt);
+    auto st = co_await wait_for_exit(std::move(s), stop.get_token(), std::nullopt);
     if (st && !winner) winner = index;
   } catch (...) {
     stop.request_stop();

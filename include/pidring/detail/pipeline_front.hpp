@@ -50,13 +50,13 @@ task<void> pipeline_wait(std::shared_ptr<process_state> s, std::optional<std::ch
                          std::stop_source& end_all, exit_status& status, bool& timed_out) {
   std::optional<std::chrono::nanoseconds> left;
   if (deadline) left = std::max<std::chrono::nanoseconds>(*deadline - std::chrono::steady_clock::now(), std::chrono::nanoseconds{0});
-  std::optional<exit_status> st = co_await wait_until(s, end_all.get_token(), left, false);
+  std::optional<exit_status> st = co_await wait_for_exit(s, end_all.get_token(), left, false);
   if (!st) {
     if (deadline && std::chrono::steady_clock::now() >= *deadline) timed_out = true;
     end_all.request_stop();
     s->signal_tree(SIGKILL);
     s->killed = true;
-    st = co_await wait_until(s, {}, std::nullopt, false);
+    st = co_await wait_for_exit(s, {}, std::nullopt, false);
   }
   if (s->owns_tree()) s->signal_tree(SIGKILL);
   status = *s->reap_now();
@@ -70,7 +70,7 @@ task<void> pipeline_abandon(std::vector<pipeline_stage>& stages) {
     const std::shared_ptr<process_state> s = child_access::state(stage.proc);
     s->signal_tree(SIGKILL);
     s->killed = true;
-    co_await wait_until(s, {}, std::nullopt, false);
+    co_await wait_for_exit(s, {}, std::nullopt, false);
     if (s->owns_tree()) s->signal_tree(SIGKILL);
     s->reap_now();
   }

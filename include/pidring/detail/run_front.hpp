@@ -63,12 +63,12 @@ template <class = void>
 task<void> run_wait(io_context& io, const child& c, std::optional<std::chrono::nanoseconds> timeout,
                     run_result& result, std::stop_source& stop_io, std::stop_token all_drained) {
   const std::shared_ptr<process_state> s = child_access::state(c);
-  std::optional<exit_status> st = co_await wait_until(s, {}, timeout, false);
+  std::optional<exit_status> st = co_await wait_for_exit(s, {}, timeout, false);
   if (!st) {
     s->signal_tree(SIGKILL);
     s->killed = true;
     result.timed_out = true;
-    st = co_await wait_until(s, {}, std::nullopt, false);
+    st = co_await wait_for_exit(s, {}, std::nullopt, false);
   }
   if (s->owns_tree()) s->signal_tree(SIGKILL);
   result.status = *s->reap_now();
