@@ -32,7 +32,7 @@ template <class = void>
 task<std::size_t> wait_any(std::span<child> children);
 
 /// A child process made by spawn(). Move-only. Waiting is done by the kernel on the pidfd
-/// (IORING_OP_WAITID, or a poll on it), never by blocking the ring's thread; no SIGCHLD is used.
+/// (IORING_OP_WAITID, or a poll on it), never by blocking the loop's thread; no SIGCHLD is used.
 class child {
  public:
   /// An empty handle (pid() == -1).

@@ -74,7 +74,7 @@ struct process_state {
   bool kill_on_drop = false;
   bool killed = false;  // SIGKILL sent by us
   // Hands a dropped child to the context's background reaper. Set where a child is made, so that
-  // the reaper (a coroutine) is compiled only in translation units that spawn (issue 14).
+  // the reaper (a coroutine) is compiled only in translation units that spawn.
   void (*reap_later)(std::shared_ptr<process_state>) = nullptr;
 
   std::string describe() const { return name + " (pid " + std::to_string(pid) + ")"; }
