@@ -18,7 +18,7 @@ pidring::task<int> run_cat(pidring::io_context& io, std::string input, double& s
   pidring::run_options opts;
   opts.input = std::move(input);
   const auto t0 = bench::now_ns();
-  pidring::completed r = co_await pidring::run(io, cmd, pidring::moved(opts));
+  pidring::run_result r = co_await pidring::run(io, cmd, pidring::moved(opts));
   seconds = static_cast<double>(bench::now_ns() - t0) / 1e9;
   co_return r.status.success() ? static_cast<int>(r.out.size() >> 20) : -1;
 }

@@ -19,7 +19,7 @@ using namespace std::chrono_literals;
 
 pidring::task<void> work(pidring::io_context& io, bool& done) {
   pidring::command cmd{"sh", "-c", "sleep 0.4; echo hello from the child"};
-  pidring::completed r = co_await pidring::run(io, cmd);
+  pidring::run_result r = co_await pidring::run(io, cmd);
   std::printf("\nchild said: %s", r.out.c_str());
   std::printf("child %s", r.status.to_string().c_str());
   done = true;

@@ -154,8 +154,8 @@ TEST_CASE("cgroup: limits that need a controller this machine does not offer are
   pidring::command sh{"sh", "-c", "true & wait"};
   pidring::run_options o;
   o.spawn.cgroup = &cg;
-  auto t = [&]() -> pidring::task<pidring::completed> { co_return co_await pidring::run(io, sh, o); };
-  const pidring::completed r = io.run(t());
+  auto t = [&]() -> pidring::task<pidring::run_result> { co_return co_await pidring::run(io, sh, o); };
+  const pidring::run_result r = io.run(t());
   CHECK_FALSE(r.status.success());  // the shell cannot fork
 }
 
@@ -175,8 +175,8 @@ TEST_CASE("cgroup: programs and callables start inside it, with clone3 CLONE_INT
     pidring::command cgroup_of_self{"cat", "/proc/self/cgroup"};
     pidring::run_options ro;
     ro.spawn.cgroup = &cg;
-    auto t = [&]() -> pidring::task<pidring::completed> { co_return co_await pidring::run(io, cgroup_of_self, ro); };
-    const pidring::completed r = io.run(t());
+    auto t = [&]() -> pidring::task<pidring::run_result> { co_return co_await pidring::run(io, cgroup_of_self, ro); };
+    const pidring::run_result r = io.run(t());
     const std::string relative = "/" + std::filesystem::relative(cg.path(), place.root()).string();
     CHECK_THAT(r.out, ContainsSubstring("\n0::" + relative + "\n") || Catch::Matchers::StartsWith("0::" + relative + "\n"));
     pidring::spawn_options o;
@@ -300,8 +300,8 @@ TEST_CASE("cgroup: run()'s timeout and shutdown() of a child in a cgroup end the
       o.timeout = 300ms;
       o.spawn.cgroup = &cg;
       o.spawn.pass_fds = {tree.write_fd()};
-      auto t = [&]() -> pidring::task<pidring::completed> { co_return co_await pidring::run(io, with_daemon, o); };
-      const pidring::completed r = io.run(t());
+      auto t = [&]() -> pidring::task<pidring::run_result> { co_return co_await pidring::run(io, with_daemon, o); };
+      const pidring::run_result r = io.run(t());
       CHECK(r.timed_out);
       CHECK(r.out == "started\n");
     }
@@ -310,8 +310,8 @@ TEST_CASE("cgroup: run()'s timeout and shutdown() of a child in a cgroup end the
       pidring::run_options o;
       o.spawn.cgroup = &cg;
       o.spawn.pass_fds = {tree.write_fd()};
-      auto t = [&]() -> pidring::task<pidring::completed> { co_return co_await pidring::run(io, sh, o); };
-      const pidring::completed r = io.run(t());
+      auto t = [&]() -> pidring::task<pidring::run_result> { co_return co_await pidring::run(io, sh, o); };
+      const pidring::run_result r = io.run(t());
       CHECK(r.status.success());
     }
     SECTION("shutdown()") {

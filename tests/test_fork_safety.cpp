@@ -105,8 +105,8 @@ std::string program_status_inside_run(const pidring::spawn_options& o = {}) {
   pidring::command cat{"cat", "/proc/self/status"};
   pidring::run_options ro;
   ro.spawn = o;
-  auto t = [&]() -> pidring::task<pidring::completed> { co_return co_await pidring::run(io, cat, ro); };
-  const pidring::completed r = io.run(t());
+  auto t = [&]() -> pidring::task<pidring::run_result> { co_return co_await pidring::run(io, cat, ro); };
+  const pidring::run_result r = io.run(t());
   expect(r.status.success(), "cat /proc/self/status succeeds, got " + r.status.to_string());
   return r.out;
 }
@@ -428,8 +428,8 @@ TEST_CASE("safety: under nohup (SIGHUP ignored) a program keeps SIGHUP ignored: 
     set_disposition(SIGHUP, SIG_IGN);
     pidring::io_context io;
     pidring::command sh{"sh", "-c", "kill -HUP $$; echo alive"};
-    auto t = [&]() -> pidring::task<pidring::completed> { co_return co_await pidring::run(io, sh); };
-    const pidring::completed c = io.run(t());
+    auto t = [&]() -> pidring::task<pidring::run_result> { co_return co_await pidring::run(io, sh); };
+    const pidring::run_result c = io.run(t());
     expect(c.status.success() && c.out == "alive\n",
            "the program survives its own SIGHUP; got " + c.status.to_string() + ", out '" + c.out + "'");
   });
@@ -483,8 +483,8 @@ TEST_CASE("safety: where the caller ignores SIGPIPE, `yes | head -1` in a progra
     pidring::io_context io;
     // The shell reports its pipeline's first stage: 141 is 128 + SIGPIPE.
     pidring::command yes_head{"bash", "-c", "yes | head -1; echo ${PIPESTATUS[0]}; kill -HUP $$; echo alive"};
-    auto t = [&]() -> pidring::task<pidring::completed> { co_return co_await pidring::run(io, yes_head); };
-    const pidring::completed c = io.run(t());
+    auto t = [&]() -> pidring::task<pidring::run_result> { co_return co_await pidring::run(io, yes_head); };
+    const pidring::run_result c = io.run(t());
     expect(c.status.success() && c.out == "y\n141\nalive\n",
            "yes dies of SIGPIPE, SIGHUP stays ignored; got " + c.status.to_string() + ", out '" + c.out + "'");
     auto callable = pidring::spawn(io, [] {

@@ -38,7 +38,7 @@ outcome pcp(std::vector<std::string> args, const fs::path& cwd) {
   pidring::run_options o;
   o.spawn.cwd = cwd;
   pidring::command cmd(std::move(args));
-  const pidring::completed c = io.run(pidring::run(io, cmd, o));
+  const pidring::run_result c = io.run(pidring::run(io, cmd, o));
   return {c.status.code(), c.out, c.err};
 }
 

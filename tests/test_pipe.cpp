@@ -23,6 +23,7 @@
 #include <stop_token>
 #include <csignal>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 using namespace std::chrono_literals;
@@ -48,7 +49,7 @@ pidring::task<std::vector<std::string>> read_lines(pidring::pipe_reader& r) {
 
 TEST_CASE("run captures stdout, stderr and the exit code", "[pipe]") {
   pidring::io_context io(test_util::wait_paths());
-  auto t = [&]() -> pidring::task<pidring::completed> {
+  auto t = [&]() -> pidring::task<pidring::run_result> {
     pidring::command cmd{"sh", "-c", "echo hi; echo oops >&2; exit 3"};
     co_return co_await pidring::run(io, cmd);
   };
@@ -59,9 +60,23 @@ TEST_CASE("run captures stdout, stderr and the exit code", "[pipe]") {
   CHECK_FALSE(r.timed_out);
 }
 
-TEST_CASE("4 MiB in through stdin while 2 MiB come out of stderr: no deadlock", "[pipe]") {
+TEST_CASE("completed, run_result's earlier name, still names run()'s result", "[pipe]") {
+  // Code written with the earlier name (and the API contract, which uses it) keeps compiling
+  // and means the same: the very same type, not a look-alike.
+  static_assert(std::is_same_v<pidring::completed, pidring::run_result>);
   pidring::io_context io(test_util::wait_paths());
   auto t = [&]() -> pidring::task<pidring::completed> {
+    pidring::command cmd{"sh", "-c", "echo hi; exit 3"};
+    co_return co_await pidring::run(io, cmd);
+  };
+  const pidring::completed r = io.run(t());
+  CHECK(r.out == "hi\n");
+  CHECK(r.status.code() == 3);
+}
+
+TEST_CASE("4 MiB in through stdin while 2 MiB come out of stderr: no deadlock", "[pipe]") {
+  pidring::io_context io(test_util::wait_paths());
+  auto t = [&]() -> pidring::task<pidring::run_result> {
     pidring::run_options o;
     o.input = std::string(std::size_t{4} << 20, 'i');
     pidring::command cmd{"sh", "-c", "head -c 2097152 /dev/zero >&2; cat"};
@@ -80,13 +95,13 @@ TEST_CASE("a filter's output lands in the room reserved for it: no copy into a b
   // 256 MiB capture: 512 MiB touched, a second or more on a VM).
   pidring::io_context io(test_util::wait_paths());
   const std::size_t size = (std::size_t{8} << 20) + 123;
-  auto t = [&]() -> pidring::task<pidring::completed> {
+  auto t = [&]() -> pidring::task<pidring::run_result> {
     pidring::run_options o;
     o.input = std::string(size, 'c');
     pidring::command cmd{"cat"};
     co_return co_await pidring::run(io, cmd, pidring::moved(o));
   };
-  const pidring::completed r = io.run(t());
+  const pidring::run_result r = io.run(t());
   REQUIRE(r.status.success());
   REQUIRE(r.out.size() == size);
   CHECK(r.out.find_first_not_of('c') == std::string::npos);
@@ -164,7 +179,7 @@ TEST_CASE("2>&1 keeps the order of stdout and stderr", "[pipe]") {
 
 TEST_CASE("a timeout returns soon even while a grandchild holds the pipes", "[pipe]") {
   pidring::io_context io(test_util::wait_paths());
-  auto t = [&]() -> pidring::task<pidring::completed> {
+  auto t = [&]() -> pidring::task<pidring::run_result> {
     pidring::run_options o;
     o.timeout = 200ms;
     pidring::command cmd{"sh", "-c", "echo started; sleep 5 & sleep 5"};
@@ -182,7 +197,7 @@ TEST_CASE("a timeout returns soon even while a grandchild holds the pipes", "[pi
 
 TEST_CASE("a child that exits while a grandchild holds the pipes does not hang run", "[pipe]") {
   pidring::io_context io;
-  auto t = [&]() -> pidring::task<pidring::completed> {
+  auto t = [&]() -> pidring::task<pidring::run_result> {
     pidring::command cmd{"sh", "-c", "sleep 5 & echo bye"};
     co_return co_await pidring::run(io, cmd);
   };
@@ -222,7 +237,7 @@ TEST_CASE("writing to a child that exited throws EPIPE; SIGPIPE neither kills no
 
 TEST_CASE("run with a child that exits while input is fed is not an error", "[pipe]") {
   pidring::io_context io;
-  auto t = [&]() -> pidring::task<pidring::completed> {
+  auto t = [&]() -> pidring::task<pidring::run_result> {
     pidring::run_options o;
     o.input = std::string(std::size_t{8} << 20, 'x');
     pidring::command cmd{"head", "-c", "10"};
@@ -235,7 +250,7 @@ TEST_CASE("run with a child that exits while input is fed is not an error", "[pi
 
 TEST_CASE("empty input gives the child end of file", "[pipe]") {
   pidring::io_context io;
-  auto t = [&]() -> pidring::task<pidring::completed> {
+  auto t = [&]() -> pidring::task<pidring::run_result> {
     pidring::run_options o;
     o.input = "";
     pidring::command cat{"cat"};

@@ -29,6 +29,7 @@
 #include <sstream>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 using namespace std::chrono_literals;
@@ -87,6 +88,11 @@ int in_forked_process(F body) {
 }
 
 }  // namespace
+
+// A child handle comes from spawn() only: user code cannot make one from pidring's internals.
+static_assert(!std::is_constructible_v<pidring::child, pidring::detail::child_parts>);
+static_assert(std::is_nothrow_default_constructible_v<pidring::child>);
+static_assert(std::is_nothrow_move_constructible_v<pidring::child> && !std::is_copy_constructible_v<pidring::child>);
 
 TEST_CASE("exit codes of many concurrent children are exact", "[process]") {
   pidring::io_context io(test_util::wait_paths());

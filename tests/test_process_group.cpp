@@ -64,7 +64,7 @@ TEST_CASE("groups: run()'s timeout kills the whole group of a child that leads o
   o.timeout = 200ms;
   o.spawn.process_group = 0;
   o.spawn.pass_fds = {tree.write_fd()};
-  const pidring::completed r = io.run(run_task(io, two_sleepers, o));
+  const pidring::run_result r = io.run(run_task(io, two_sleepers, o));
   CHECK(r.timed_out);
   CHECK(r.status.signal() == SIGKILL);
   CHECK(r.out == "started\n");
@@ -81,7 +81,7 @@ TEST_CASE("groups: run(sh -c 'sleep 100 & exit') of a group leader returns at on
   o.spawn.process_group = 0;
   o.spawn.pass_fds = {tree.write_fd()};
   const auto start = std::chrono::steady_clock::now();
-  const pidring::completed r = io.run(run_task(io, sh, o));
+  const pidring::run_result r = io.run(run_task(io, sh, o));
   CHECK_FALSE(r.timed_out);
   CHECK(r.status.code() == 3);
   CHECK(std::chrono::steady_clock::now() - start < 30s);
@@ -95,7 +95,7 @@ TEST_CASE("groups: a child in our own group keeps run()'s old rule: its grandchi
   pidring::command sh{"sh", "-c", "sleep 100 & echo $!"};
   pidring::run_options o;
   o.spawn.pass_fds = {tree.write_fd()};
-  const pidring::completed r = io.run(run_task(io, sh, o));
+  const pidring::run_result r = io.run(run_task(io, sh, o));
   CHECK(r.status.success());
   CHECK(tree.alive());
   // The sleep is not ours to reap (init adopted it); kill it by its pid, which it still holds.

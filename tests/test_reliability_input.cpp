@@ -23,7 +23,7 @@ namespace {
 
 using test_util::run_task;
 
-pidring::completed run_sync(const pidring::command& cmd, pidring::run_options o = {}) {
+pidring::run_result run_sync(const pidring::command& cmd, pidring::run_options o = {}) {
   pidring::io_context io;
   return io.run(run_task(io, cmd, std::move(o)));
 }

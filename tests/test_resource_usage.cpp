@@ -1,4 +1,4 @@
-// What a reaped child used (child::usage(), completed::usage): wait4's rusage, on both ways the
+// What a reaped child used (child::usage(), run_result::usage): wait4's rusage, on both ways the
 // kernel tells pidring of an exit (IORING_OP_WAITID has no rusage: the reap after it gives it).
 #include <pidring/child.hpp>
 #include <pidring/io_context.hpp>
@@ -84,11 +84,11 @@ TEST_CASE("usage: try_wait() reaps and fills usage; a program counts the descend
   CHECK(c.usage()->user_cpu + c.usage()->system_cpu > 10ms);
 }
 
-TEST_CASE("usage: run() fills completed::usage", "[process][usage][run]") {
+TEST_CASE("usage: run() fills run_result::usage", "[process][usage][run]") {
   pidring::io_context io;
   pidring::command sh{"sh", "-c", "i=0; while [ $i -lt 50000 ]; do i=$((i+1)); done; echo done"};
-  auto t = [&]() -> pidring::task<pidring::completed> { co_return co_await pidring::run(io, sh); };
-  const pidring::completed r = io.run(t());
+  auto t = [&]() -> pidring::task<pidring::run_result> { co_return co_await pidring::run(io, sh); };
+  const pidring::run_result r = io.run(t());
   CHECK(r.out == "done\n");
   REQUIRE(r.usage.has_value());
   CHECK(r.usage->user_cpu + r.usage->system_cpu > 5ms);

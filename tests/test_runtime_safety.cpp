@@ -169,9 +169,9 @@ TEST_CASE("runtime: when feeding run()'s stdin fails with an error other than EP
     pidring::command cat{"cat"};
     pidring::run_options ro;
     ro.input = "hello\n";
-    auto t = [&]() -> pidring::task<pidring::completed> { co_return co_await pidring::run(io, cat, ro); };
+    auto t = [&]() -> pidring::task<pidring::run_result> { co_return co_await pidring::run(io, cat, ro); };
     try {
-      const pidring::completed c = io.run(t());
+      const pidring::run_result c = io.run(t());
       expect(c.status.success() && c.out == "hello\n",
              "run() that succeeds gives cat's output; got " + c.status.to_string() + ", '" + c.out + "'");
     } catch (const std::system_error&) {

@@ -65,7 +65,7 @@ TEST_CASE("identity: id -u, id -g, id -G, umask and ulimit -n in a program print
   o.spawn.groups = std::vector<gid_t>{100, 4242};
   o.spawn.umask = 027;
   o.spawn.rlimits = {{RLIMIT_NOFILE, 77, 88}};
-  const pidring::completed r = io.run(run_task(io, sh, o));
+  const pidring::run_result r = io.run(run_task(io, sh, o));
   CHECK(r.status.success());
   CHECK(r.err.empty());
   CHECK(r.out == "65534\n100\n100 4242\n0027\n77\n88\n");
@@ -85,7 +85,7 @@ TEST_CASE("identity: with only user set, the child takes the user's primary grou
   int n = static_cast<int>(expected.size());
   REQUIRE(::getgrouplist(pw->pw_name, primary, expected.data(), &n) >= 0);
   expected.resize(static_cast<std::size_t>(n));
-  const pidring::completed r = io.run(run_task(io, sh, o));
+  const pidring::run_result r = io.run(run_task(io, sh, o));
   REQUIRE(r.status.success());
   const auto first = r.out.find('\n'), second = r.out.find('\n', first + 1);
   CHECK(r.out.substr(0, first) == "65534");
@@ -233,7 +233,7 @@ TEST_CASE("identity: as uid 65534, each privileged step fails with EPERM naming 
     pidring::run_options ro;
     ro.spawn = same;
     pidring::command sh{"sh", "-c", "id -u; id -G"};
-    const pidring::completed done = io.run(run_task(io, sh, ro));
+    const pidring::run_result done = io.run(run_task(io, sh, ro));
     expect(done.status.success() && done.out == "65534\n65534\n",
            "spawning as ourselves works unprivileged; got " + done.status.to_string() + " '" + done.out + "'");
   });

@@ -53,7 +53,7 @@ int main() {
     pidring::command cat{"sh", "-c", "sleep 0.3; cat"};
     pidring::run_options options;
     options.input = std::string(1 << 20, 'x');
-    pidring::completed r = co_await driver.async_run(pidring::run(io, cat, options), asio::use_awaitable);
+    pidring::run_result r = co_await driver.async_run(pidring::run(io, cat, options), asio::use_awaitable);
     std::printf("cat gave back %zu bytes, %s; the Asio timer ticked %d times meanwhile\n", r.out.size(),
                 r.status.to_string().c_str(), ticks);
     timer.cancel();

@@ -22,7 +22,7 @@ struct program {
 
 pidring::task<void> work(program& p) {
   pidring::command cmd{"sh", "-c", "sleep 0.4; echo hello from the child"};
-  pidring::completed r = co_await pidring::run(p.io, cmd);
+  pidring::run_result r = co_await pidring::run(p.io, cmd);
   std::printf("\nchild said: %s", r.out.c_str());
   std::printf("child %s; the libuv timer ticked %d times meanwhile\n", r.status.to_string().c_str(), p.ticks);
   // Nothing more to do: closing both handles lets uv_run() return.

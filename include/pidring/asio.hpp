@@ -18,7 +18,7 @@
 ///   pidring::command cat{"cat"};
 ///   pidring::run_options options;
 ///   options.input = "hello";
-///   pidring::completed r = co_await driver.async_run(pidring::run(io, cat, options), asio::use_awaitable);
+///   pidring::run_result r = co_await driver.async_run(pidring::run(io, cat, options), asio::use_awaitable);
 ///   driver.stop();                                           // lets asio_io.run() return
 /// }, asio::detached);
 /// asio_io.run();

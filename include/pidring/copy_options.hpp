@@ -85,7 +85,7 @@ struct copy_options {
   bool preserve_xattrs = false;
   /// fsync the file before publishing it and its directory after.
   bool durable = false;
-  /// Called on the ring's thread at the start (done 0), at most every ~50 ms while a big copy
+  /// Called on the loop's thread at the start (done 0), at most every ~50 ms while a big copy
   /// runs, and once at the end with done == total (before the copy is published).
   std::function<void(const copy_progress&)> on_progress;
   /// A stop request ends the copy at its next request boundary with std::system_error(ECANCELED);

@@ -10,7 +10,7 @@
 
 namespace pidring {
 
-/// What a process used. For a child (child::usage(), completed::usage): what wait4() and waitid()
+/// What a process used. For a child (child::usage(), run_result::usage): what wait4() and waitid()
 /// report when it is reaped, its own use plus that of the descendants it reaped itself. For a
 /// cgroup (cgroup::usage()): every process that ran in it.
 struct resource_usage {

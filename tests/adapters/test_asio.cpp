@@ -80,8 +80,8 @@ TEST_CASE("asio: asio::io_context::run drives children, a 1 MiB capture and a sl
     const std::string input = test_util::mebibyte_input();
     pidring::run_options options;
     options.input = input;
-    pidring::task<pidring::completed> cat = pidring::run(io, cat_cmd, pidring::moved(options));
-    pidring::completed captured = co_await driver.async_run(std::move(cat), asio::use_awaitable);
+    pidring::task<pidring::run_result> cat = pidring::run(io, cat_cmd, pidring::moved(options));
+    pidring::run_result captured = co_await driver.async_run(std::move(cat), asio::use_awaitable);
     r.cat = captured.status;
     r.cat_bytes = captured.out.size();
     r.cat_intact = captured.out == input;
@@ -144,7 +144,7 @@ TEST_CASE("asio: async_wait and async_run complete through callbacks", "[asio]")
     finish();
   });
   pidring::command echo{"echo", "hi"};
-  driver.async_run(pidring::run(io, echo), [&](std::exception_ptr e, pidring::completed done) {
+  driver.async_run(pidring::run(io, echo), [&](std::exception_ptr e, pidring::run_result done) {
     if (!e) echoed = done.out;
     finish();
   });

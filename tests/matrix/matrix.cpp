@@ -81,7 +81,7 @@ pidring::task<void> everything(pidring::io_context& io, const std::filesystem::p
   pidring::command cat{"sh", "-c", "cat; echo to-stderr >&2"};
   pidring::run_options ro;
   ro.input = std::string(100000, 'x') + "end\n";
-  const pidring::completed r = co_await pidring::run(io, cat, ro);
+  const pidring::run_result r = co_await pidring::run(io, cat, ro);
   check(r.status.success(), "run(cat) succeeds, got: " + r.status.to_string());
   check(r.out == *ro.input, "run(cat) gives back its input (" + std::to_string(r.out.size()) + " of " +
                                 std::to_string(ro.input->size()) + " bytes)");

@@ -32,7 +32,7 @@ namespace test_util {
 
 // The child's status, as a task (for io.run or when_all).
 // run() as a task of its own (the command and options live in its frame).
-inline pidring::task<pidring::completed> run_task(pidring::io_context& io, const pidring::command& cmd,
+inline pidring::task<pidring::run_result> run_task(pidring::io_context& io, const pidring::command& cmd,
                                                   pidring::run_options o) {
   co_return co_await pidring::run(io, cmd, o);
 }

@@ -54,7 +54,7 @@ inline pidring::task<void> children_work(pidring::io_context& io, driven_report&
   const std::string input = mebibyte_input();
   pidring::run_options options;
   options.input = input;
-  pidring::task<pidring::completed> cat = pidring::run(io, cat_cmd, pidring::moved(options));
+  pidring::task<pidring::run_result> cat = pidring::run(io, cat_cmd, pidring::moved(options));
   auto [slow_status, code_status, cat_result] = co_await pidring::when_all(slow.wait(), code.wait(), std::move(cat));
   r.slow = slow_status;
   r.code = code_status;
