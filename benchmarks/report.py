@@ -373,6 +373,29 @@ def make_plots(R, d):
 # --------------------------------------------------------------------------------------------
 
 
+# A section of the document written by hand (a rerun, a quick comparison) has this line right
+# under its "## " heading; rewriting the document carries such sections over, in their order,
+# before "## Load during the run" (or at the end).
+KEPT = "<!-- written by hand: benchmarks/report.py carries this section over -->"
+
+
+def kept_sections(doc):
+    if not os.path.exists(doc):
+        return []
+    sections, cur = [], None
+    with open(doc) as f:
+        for line in f.read().split("\n"):
+            if line.startswith("## "):
+                if cur:
+                    sections.append(cur)
+                cur = [line]
+            elif cur is not None:
+                cur.append(line)
+    if cur:
+        sections.append(cur)
+    return ["\n".join(s).rstrip() + "\n" for s in sections if len(s) > 1 and s[1].strip() == KEPT]
+
+
 def document(R, plots, notes, doc):
     m = R["machine"]
     c = R["config"]
@@ -394,7 +417,7 @@ def document(R, plots, notes, doc):
              f"{' '.join(R.get('backend_automatic') or ['?'])} here).\n")
     L.append("Reproduce with `benchmarks/compare` (it installs the peers from Debian's packages, builds the "
              "release preset with `PIDRING_BUILD_BENCHMARKS=ON`, runs everything, and rewrites this file and "
-             "the plots); `benchmarks/compare --help` lists the sizes it can scale.\n")
+             "the plots, keeping the sections marked as written by hand); `benchmarks/compare --help` lists the sizes it can scale.\n")
     L.append("## Machine\n")
     L.append(md_table(["", ""], [
         ("CPU", f"{m['cpu']}, {m['cores']} cores"), ("Memory", m["memory"]), ("Kernel", m["kernel"]),
@@ -670,6 +693,9 @@ def document(R, plots, notes, doc):
     if os.path.exists(compile_results):
         with open(compile_results) as f:
             L.append(f.read().strip() + "\n")
+    kept = kept_sections(doc)
+    at = next((i for i, x in enumerate(L) if x.startswith("## Load during the run")), len(L))
+    L[at:at] = kept
     with open(doc, "w") as f:
         f.write("\n".join(L))
 
