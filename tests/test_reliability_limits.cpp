@@ -161,7 +161,7 @@ void emfile_scenario() {
   // UBSan's first check of an error_category's vptr tests the memory through a pipe(), which
   // fails at EMFILE and reads as a false "invalid vptr": let it check once while fds are free.
   try {
-    pidring::detail::throw_errno(EMFILE, "warm-up");
+    pidring::detail::throw_error(EMFILE, "spawn", "warm-up");
   } catch (const std::system_error& e) {
     (void)e.code().message();
   }

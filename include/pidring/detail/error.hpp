@@ -78,9 +78,6 @@ struct error_access {
   }
 }
 
-// The older form, with no operation named: every call site is being moved to throw_error.
-[[noreturn]] inline void throw_errno(int err, const std::string& what) { throw_error(err, {}, what); }
-
 // Quotes a path or program for a message: 'name'.
 inline std::string quoted(const std::string& s) { return "'" + s + "'"; }
 
