@@ -132,9 +132,13 @@ inline std::optional<pidring::copy_method> parse_method(std::string_view s) {
 // stop request. A second one ends pcp at once, as it would end cp. One that pcp was started with
 // ignored (nohup, a background job of a script) stays ignored and unblocked: blocked, it would be
 // queued for the thread instead of discarded.
+//
+// `second_ends` false (pcp-mpi): a second signal is only a stop too. mpirun answers a Ctrl-C
+// (which the ranks also get from the terminal) with a SIGTERM to every rank and a SIGKILL some
+// seconds later: the ranks must use those seconds to remove what they built.
 class signal_stop {
  public:
-  signal_stop() : wake_(SIGRTMIN) {
+  explicit signal_stop(bool second_ends = true) : wake_(SIGRTMIN), second_ends_(second_ends) {
     sigemptyset(&set_);
     for (int s : {SIGINT, SIGTERM, SIGHUP}) {
       struct sigaction now {};
@@ -167,7 +171,7 @@ class signal_stop {
         if (done_.load() && info.si_pid == ::getpid()) return;
         continue;
       }
-      if (received_.load() != 0) {  // the second: die by it
+      if (received_.load() != 0 && second_ends_) {  // the second: die by it
         ::signal(sig, SIG_DFL);
         sigset_t just {};
         sigemptyset(&just);
@@ -175,12 +179,14 @@ class signal_stop {
         ::pthread_sigmask(SIG_UNBLOCK, &just, nullptr);
         ::raise(sig);
       }
-      received_.store(sig);
+      int none = 0;  // the first signal is the one reported
+      received_.compare_exchange_strong(none, sig);
       stop_.request_stop();
     }
   }
 
   const int wake_;  // a real-time signal, only to end take_signals
+  const bool second_ends_;
   sigset_t set_{}, old_{};
   std::stop_source stop_;
   std::atomic<int> received_{0};
@@ -204,13 +210,8 @@ class progress_view {
     return *shares_.back();
   }
   bool on() const { return on_; }
-
-  void update(bool final = false) {
-    if (!on_) return;
-    const auto now = clock_type::now();
-    if (!final && now - last_ < (tty_ ? std::chrono::milliseconds(100) : std::chrono::milliseconds(1000))) return;
-    if (!tty_ && !final && now - start_ < std::chrono::seconds(1)) return;
-    last_ = now;
+  // Every share's sum.
+  share total() const {
     share sum;
     for (const auto& s : shares_) {
       sum.files_done += s->files_done;
@@ -218,6 +219,16 @@ class progress_view {
       sum.bytes_done += s->bytes_done;
       sum.bytes_total += std::max(s->bytes_total, s->bytes_done);
     }
+    return sum;
+  }
+
+  void update(bool final = false) {
+    if (!on_) return;
+    const auto now = clock_type::now();
+    if (!final && now - last_ < (tty_ ? std::chrono::milliseconds(100) : std::chrono::milliseconds(1000))) return;
+    if (!tty_ && !final && now - start_ < std::chrono::seconds(1)) return;
+    last_ = now;
+    const share sum = total();
     const double secs = std::chrono::duration<double>(now - start_).count();
     const double rate = secs > 0 ? static_cast<double>(sum.bytes_done) / secs : 0;
     const double frac = sum.bytes_total ? static_cast<double>(sum.bytes_done) / static_cast<double>(sum.bytes_total) : 1.0;

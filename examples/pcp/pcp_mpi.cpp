@@ -1,0 +1,566 @@
+// pcp-mpi: pcp spread over MPI ranks, for trees on a file system every rank sees (Lustre, GPFS,
+// CephFS, NFS).
+//
+//   mpirun -n N pcp-mpi [OPTION]... [--report=FILE] SOURCE... DEST
+//
+// pcp's options, operands and messages (pcp/cli.hpp). A tree is walked on rank 0, which makes its
+// directories, links and special files (under a hidden name with --atomic) and sends the walk to
+// every rank; then every rank copies files with pidring's tree copy on its own pool, taking them
+// largest first from a queue that rank 0 serves (pcp/spread.hpp). Rank 0 then makes the hard
+// links (every file they link to exists by then), sets the directories' modes and times and,
+// with --atomic, renames the tree into place: only after every rank said it succeeded. A failure
+// on any rank, a stop on any rank or a rank that dies leaves nothing at DEST (MPI ends the whole
+// job when a rank dies: the hidden tree is removed by rank 0 when it gets the time, else by the
+// next copy to the same place). Single files among the operands are dealt round robin.
+//
+// docs/copy.md ("Over MPI ranks") has the design and its scaling model; docs/pcp-mpi.md the usage.
+#include "cli.hpp"
+#include "spread.hpp"
+
+#include <pidring/pidring.hpp>
+
+#include <mpi.h>
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <exception>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace {
+
+using namespace pcp;
+namespace pd = pidring::detail;
+
+const char* usage_text =
+    "Usage: mpirun -n N pcp-mpi [OPTION]... [-T] SOURCE DEST\n"
+    "  or:  mpirun -n N pcp-mpi [OPTION]... SOURCE... DIRECTORY\n"
+    "  or:  mpirun -n N pcp-mpi [OPTION]... -t DIRECTORY SOURCE...\n"
+    "Copy SOURCE to DEST as pcp does, with the work spread over the MPI job's ranks; every\n"
+    "rank must see SOURCE and DEST at the same paths (a shared file system).\n"
+    "\n";
+
+const char* own_text =
+    "      --report=FILE            write what each rank did (files, bytes, seconds) as JSON\n";
+
+struct mpi_world {
+  int rank = 0, size = 1;
+};
+
+// What one rank did in all (every operand), and what the job did.
+struct totals {
+  spread::rank_result mine;
+  std::vector<spread::rank_result> ranks;  // rank 0 only
+  std::uint64_t batches = 0;               // queue messages answered (rank 0)
+  double walk_seconds = 0;                 // rank 0's walks and skeletons
+};
+
+unsigned threads_per_rank(const settings& s) {
+  return s.jobs != 0 ? s.jobs : std::clamp(pd::usable_cpus(), 2u, 16u);
+}
+
+// A tree copy with pcp's options for `it` (as pcp's copy_one gives copy_tree).
+std::shared_ptr<pd::tree_copy> tree_copy_for(const settings& s, const item& it, pd::copy_pool& pool) {
+  auto t = std::make_shared<pd::tree_copy>();
+  t->site = pd::error_site{"copy_tree " + pd::quoted_path(it.from) + " -> " + pd::quoted_path(it.to), it.from, it.to, {}};
+  t->from = it.from;
+  t->to = it.to;
+  t->method = s.method == pidring::copy_method::uring ? pidring::copy_method::automatic : s.method;
+  t->overwrite = s.atomic;
+  t->merge = !s.atomic;
+  t->existing = s.existing;
+  t->preserve_mode = s.keep_mode;
+  t->preserve_times = s.keep_times;
+  t->preserve_owner = s.keep_owner;
+  t->preserve_xattrs = s.keep_xattrs;
+  t->sparse = s.sparse;
+  t->zeros_as_holes = s.zeros_as_holes;
+  t->durable = s.durable;
+  t->links = it.links;
+  t->report_errors = !s.atomic;
+  t->report_copied = !s.atomic && s.verbose;
+  t->pool = &pool;
+  return t;
+}
+
+// The walk as rank 0 made it: entries, their states, the files largest first, and where the
+// copy is being built.
+void write_walk(spread::writer& w, const pd::tree_copy& t) {
+  const std::string made = t.merge ? t.to.string() : (std::filesystem::path(t.dest.parent_name) / t.dest.temp_name).string();
+  w.put(made);
+  w.put(static_cast<std::uint64_t>(t.entries.size()));
+  for (const pd::tree_entry& e : t.entries) {
+    w.put(e.name);
+    w.put(static_cast<std::uint64_t>(e.parent));
+    w.put(e.mode);
+    w.put(e.size);
+    w.put(e.dev);
+    w.put(e.rdev);
+    w.put(e.ino);
+    w.put(e.nlink);
+    w.put(e.uid);
+    w.put(e.gid);
+    w.put(e.atime);
+    w.put(e.mtime);
+    w.put(static_cast<std::uint64_t>(e.link_to));
+    w.put(e.target);
+  }
+  for (pd::entry_state st : t.state) w.put(st);
+  w.put(static_cast<std::uint64_t>(t.file_order.size()));
+  for (std::size_t i : t.file_order) w.put(static_cast<std::uint64_t>(i));
+  w.put(t.files_total);
+  w.put(t.bytes_total);
+  w.put(t.umask);
+}
+
+std::string read_walk(spread::reader& r, pd::tree_copy& t) {
+  std::string made;
+  r.get(made);
+  std::uint64_t n = 0;
+  r.get(n);
+  t.entries.resize(n);
+  for (pd::tree_entry& e : t.entries) {
+    std::uint64_t parent = 0, link_to = 0;
+    r.get(e.name);
+    r.get(parent);
+    r.get(e.mode);
+    r.get(e.size);
+    r.get(e.dev);
+    r.get(e.rdev);
+    r.get(e.ino);
+    r.get(e.nlink);
+    r.get(e.uid);
+    r.get(e.gid);
+    r.get(e.atime);
+    r.get(e.mtime);
+    r.get(link_to);
+    r.get(e.target);
+    e.parent = static_cast<std::size_t>(parent);
+    e.link_to = static_cast<std::size_t>(link_to);
+  }
+  t.state.resize(n);
+  for (pd::entry_state& st : t.state) r.get(st);
+  r.get(n);
+  t.file_order.resize(n);
+  for (std::size_t& i : t.file_order) {
+    std::uint64_t v = 0;
+    r.get(v);
+    i = static_cast<std::size_t>(v);
+  }
+  r.get(t.files_total);
+  r.get(t.bytes_total);
+  r.get(t.umask);
+  return made;
+}
+
+// Another rank's hold on rank 0's walk: the source's top directory and the copy's, opened here and
+// checked. A network file system numbers its device differently on each client: what the walk saw
+// on rank 0's device is taken to be on ours (the inode numbers are the server's, the same
+// everywhere).
+void open_walked_tree(pd::tree_copy& t, const std::string& made_path) {
+  const bool follow = t.links == pidring::tree_links::follow;
+  t.source = std::make_unique<pd::tree_dirs>(t.entries, true, t.pool->openat2, follow);
+  t.made = std::make_unique<pd::tree_dirs>(t.entries, false, t.pool->openat2);
+  const int nofollow = t.links == pidring::tree_links::copy ? O_NOFOLLOW : 0;
+  pd::unique_fd root(::open(t.from.c_str(), O_RDONLY | O_DIRECTORY | O_NOCTTY | O_CLOEXEC | nofollow));
+  struct stat st {};
+  if (!root || ::fstat(root.get(), &st) != 0) t.site.fail(errno, "open source");
+  const dev_t walked = t.entries[0].dev;
+  for (pd::tree_entry& e : t.entries)
+    if (e.dev == walked) e.dev = st.st_dev;
+  if (!pd::same_object(st, t.entries[0])) t.site.say(ENOENT, "open source", "it was replaced during the copy");
+  t.source->set_root(std::move(root));
+  pd::unique_fd made(::open(made_path.c_str(), O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+  if (!made || ::fstat(made.get(), &st) != 0) t.site.say(errno, "open destination directory", "open " + pd::quoted_path(made_path));
+  t.dest_dev = st.st_dev;
+  t.dest_blksize = st.st_blksize;
+  t.made->set_root(std::move(made));
+}
+
+// On-error and -v reports of a merging copy (this rank's), in pcp's words.
+void deliver(pd::tree_copy& t, const item& it, job& j) {
+  for (const pd::tree_copy::report& r : t.take_reports()) {
+    if (r.error) {
+      try {
+        std::rethrow_exception(r.error);
+      } catch (const pidring::error& e) {
+        j.report(it, e);
+      }
+    } else {
+      j.tell_copied(t.source_path(r.entry).string(), t.copy_path(r.entry).string());
+    }
+  }
+}
+
+// What a pool job's failure says (pcp's words), unless a stop made it.
+void report_failure(const std::exception_ptr& e, const item& it, job& j) {
+  try {
+    std::rethrow_exception(e);
+  } catch (const pidring::error& err) {
+    j.report(it, err);
+  } catch (const std::exception& err) {
+    std::fprintf(stderr, "%s: %s\n", this_tool.name, err.what());
+    j.failed = true;
+  }
+}
+
+spread::state state_of(const pd::job_group& g, const job& j) {
+  if (j.stop.stop_requested()) return spread::state::stopped;
+  if (g.error() || g.skipped()) return spread::state::failed;
+  return spread::state::ok;
+}
+
+// One tree on every rank. Rank 0 walks it and builds the skeleton, everyone copies files from
+// rank 0's queue, rank 0 finishes and (with every rank's success) puts it in place.
+pidring::task<void> spread_tree(pidring::io_context& io, const item& it, job& j, const mpi_world& w, totals& sum) {
+  const settings& s = j.s;
+  pd::copy_pool& pool = pd::copy_pool::of(io, this_tool.name);
+  auto t = tree_copy_for(s, it, pool);
+  const pd::error_site& site = t->site;
+  std::vector<char> walk;
+  std::string made_path;
+  bool ok = true;
+  if (w.rank == 0) {
+    const auto start = clock_type::now();
+    try {
+      auto prepare = [t](const pd::work_control& ctl) { t->prepare(ctl); };
+      auto prepared = pd::on_pool(pool, site, std::move(prepare), j.stop);
+      co_await prepared;
+    } catch (...) {
+      report_failure(std::current_exception(), it, j);
+      ok = false;
+    }
+    deliver(*t, it, j);
+    sum.walk_seconds += std::chrono::duration<double>(clock_type::now() - start).count();
+    spread::writer out;
+    out.put(ok);
+    if (ok) write_walk(out, *t);
+    walk = std::move(out.bytes());
+  }
+  spread::broadcast(walk, w.rank);
+  spread::reader in(walk);
+  in.get(ok);
+  if (!ok) {
+    if (w.rank == 0) {
+      auto discard = [t](const pd::work_control&) { t->discard(); };
+      auto discarded = pd::on_pool(pool, site, std::move(discard));
+      co_await discarded;
+    }
+    co_return;
+  }
+
+  // Every rank copies files until the queue says there are no more.
+  const unsigned threads = threads_per_rank(s);
+  std::vector<std::uint64_t> sizes;
+  std::unique_ptr<spread::queue_server> server;
+  std::unique_ptr<spread::queue_client> client;
+  std::thread serving;
+  spread::rank_result mine;
+  const auto start = clock_type::now();
+  bool ready = true;
+  if (w.rank == 0) {
+    sizes.reserve(t->entries.size());
+    for (const pd::tree_entry& e : t->entries) sizes.push_back(e.size);
+    server = std::make_unique<spread::queue_server>(t->file_order, sizes, w.size, threads, s.atomic);
+    // Progress: each rank's files and bytes as its last request said, ours as they are now.
+    std::vector<progress_view::share*> shares;
+    for (int r = 0; r < w.size; ++r) shares.push_back(&j.view.add());
+    shares[0]->files_total = t->files_total;
+    shares[0]->bytes_total = t->bytes_total;
+    auto tick = [&j, t, shares](const std::vector<spread::request>& ranks) {
+      for (std::size_t r = 1; r < ranks.size(); ++r) {
+        shares[r]->files_done = ranks[r].files;
+        shares[r]->bytes_done = ranks[r].bytes;
+      }
+      shares[0]->files_done = t->counters->files.load();
+      shares[0]->bytes_done = t->counters->bytes.load();
+      j.view.update();
+    };
+    auto stopped = [&j] { return j.stop.stop_requested(); };
+    serving = std::thread([&server, tick, stopped] { server->serve(tick, stopped); });
+  } else {
+    made_path = read_walk(in, *t);
+    try {
+      open_walked_tree(*t, made_path);
+    } catch (...) {
+      report_failure(std::current_exception(), it, j);
+      ready = false;
+    }
+    auto progress = [t, &j] {
+      return spread::request{j.stop.stop_requested() ? 2u : 0u, t->counters->files.load(), t->counters->bytes.load()};
+    };
+    client = std::make_unique<spread::queue_client>(progress);
+  }
+  auto files = std::make_shared<pd::job_group>(std::min(threads, pd::copy_pool::max_threads));
+  if (ready)
+    for (unsigned k = 0; k < threads; ++k)
+      files->add([t, q = server.get(), c = client.get()](const pd::work_control& ctl) {
+        std::size_t i = 0;
+        while (!ctl.stopped() && (q ? q->next(i) : c->next(i))) t->copy_file(i, ctl);
+      });
+  if (files->size() > 0) {
+    auto copied = pd::group_awaiter(pool, files, j.stop);
+    co_await copied;
+  }
+  mine.how = ready ? state_of(*files, j) : spread::state::failed;
+  if (files->error() && !j.stop.stop_requested()) report_failure(files->error(), it, j);
+  deliver(*t, it, j);
+  mine.files = t->files.load();
+  mine.bytes = t->bytes.load();
+  mine.errors = t->failed.load();
+  mine.seconds = std::chrono::duration<double>(clock_type::now() - start).count();
+
+  if (w.rank != 0) {
+    spread::send_done(mine);
+    if (t->made) t->made->close_all();
+    if (t->source) t->source->close_all();
+  } else {
+    if (mine.how != spread::state::ok) server->abandon();
+    server->local_done();
+    if (j.stop.stop_requested()) {
+      // A stop reaches every rank at once when it comes from mpirun, whose SIGKILL follows its
+      // SIGTERM by a second (odls_base_sigkill_timeout): the hidden tree goes now, not after
+      // the other ranks have answered. What they make meanwhile goes with the second discard.
+      auto discard = [t](const pd::work_control&) { return t->discard(); };
+      auto discarded = pd::on_pool(pool, site, std::move(discard));
+      co_await discarded;
+    }
+    serving.join();
+    std::vector<spread::rank_result>& ranks = server->results();
+    ranks[0] = mine;
+    sum.batches += server->batches();
+    const bool all_ok = std::all_of(ranks.begin(), ranks.end(), [](const spread::rank_result& r) { return r.how == spread::state::ok; });
+    // With every file in place: hard links, modes and times, then (--atomic) the rename.
+    bool placed = false;
+    if (all_ok && !j.stop.stop_requested()) {
+      try {
+        auto finish = [t](const pd::work_control& ctl) {
+          t->finish(ctl);
+          pd::unique_fd parent = t->put_in_place(ctl);
+          if (parent && ::fsync(parent.get()) != 0) t->site.fail(errno, "fsync");
+          t->remove_old_tree();
+        };
+        auto finished = pd::on_pool(pool, site, std::move(finish), j.stop);
+        co_await finished;
+        placed = true;
+      } catch (...) {
+        report_failure(std::current_exception(), it, j);
+      }
+      deliver(*t, it, j);
+    }
+    if (!placed) {
+      auto discard = [t](const pd::work_control&) { return t->discard(); };
+      auto discarded = pd::on_pool(pool, site, std::move(discard));
+      if (const int e = co_await discarded; e != 0) {
+        std::fprintf(stderr, "%s: the partial copy %s could not be removed: %s\n", this_tool.name, t->dest.hidden_path().c_str(),
+                     std::strerror(e));
+      }
+      if (all_ok) j.failed = true;
+    } else if (s.atomic && s.verbose) {
+      for (std::size_t i = 0; i < t->entries.size(); ++i)
+        j.tell_copied(t->source_path(i).string(), t->copy_path(i).string());
+    }
+    mine.files = t->files.load();  // the hard links rank 0 made count as its files
+    ranks[0].files = mine.files;
+    if (sum.ranks.size() < ranks.size()) sum.ranks.resize(ranks.size());
+    for (std::size_t r = 0; r < ranks.size(); ++r) {
+      sum.ranks[r].files += ranks[r].files;
+      sum.ranks[r].bytes += ranks[r].bytes;
+      sum.ranks[r].errors += ranks[r].errors;
+      sum.ranks[r].seconds += ranks[r].seconds;
+    }
+  }
+  sum.mine.files += mine.files;
+  sum.mine.bytes += mine.bytes;
+  // Every rank waits for rank 0's end of this tree before the next operand.
+  std::vector<char> end(1);
+  spread::broadcast(end, w.rank);
+}
+
+// The operands in order: trees by every rank together, single files dealt round robin.
+pidring::task<void> copy_all(pidring::io_context& io, const std::vector<item>& items, job& j, const mpi_world& w, totals& sum) {
+  std::vector<pidring::task<void>> files;
+  std::size_t dealt = 0;
+  for (const item& it : items) {
+    std::error_code ec;
+    const bool dir = it.links == pidring::tree_links::copy ? std::filesystem::is_directory(std::filesystem::symlink_status(it.from, ec))
+                                                           : std::filesystem::is_directory(it.from, ec);
+    if (it.tree && dir) {
+      auto one = spread_tree(io, it, j, w, sum);
+      co_await std::move(one);
+    } else if (dealt++ % static_cast<std::size_t>(w.size) == static_cast<std::size_t>(w.rank)) {
+      files.push_back(copy_one(io, it, j.s.jobs, j));
+    }
+  }
+  auto all = pidring::when_all(std::move(files));
+  co_await std::move(all);
+  j.view.update(true);
+}
+
+// --report: the job's totals and each rank's files, bytes and seconds, as JSON.
+bool write_report(const std::string& path, const totals& sum, double seconds, int status) {
+  std::FILE* f = std::fopen(path.c_str(), "w");
+  if (f == nullptr) {
+    std::fprintf(stderr, "%s: cannot write %s: %s\n", this_tool.name, quote(path).c_str(), std::strerror(errno));
+    return false;
+  }
+  std::uint64_t files = 0, bytes = 0;
+  for (const auto& r : sum.ranks) files += r.files, bytes += r.bytes;
+  std::fprintf(f, "{\n  \"ranks\": %zu,\n  \"status\": %d,\n  \"files\": %llu,\n  \"bytes\": %llu,\n", sum.ranks.size(), status,
+               static_cast<unsigned long long>(files), static_cast<unsigned long long>(bytes));
+  std::fprintf(f, "  \"seconds\": %.6f,\n  \"walk_seconds\": %.6f,\n  \"queue_batches\": %llu,\n  \"per_rank\": [\n", seconds,
+               sum.walk_seconds, static_cast<unsigned long long>(sum.batches));
+  for (std::size_t r = 0; r < sum.ranks.size(); ++r)
+    std::fprintf(f, "    {\"rank\": %zu, \"files\": %llu, \"bytes\": %llu, \"errors\": %llu, \"seconds\": %.6f}%s\n", r,
+                 static_cast<unsigned long long>(sum.ranks[r].files), static_cast<unsigned long long>(sum.ranks[r].bytes),
+                 static_cast<unsigned long long>(sum.ranks[r].errors), sum.ranks[r].seconds,
+                 r + 1 < sum.ranks.size() ? "," : "");
+  std::fputs("  ]\n}\n", f);
+  return std::fclose(f) == 0;
+}
+
+// Rank 0's operands for every rank (the others stat'ed them too, muted, only to take the same
+// exits on a usage error).
+void share_items(std::vector<item>& items, int& status, const mpi_world& w) {
+  spread::writer out;
+  if (w.rank == 0) {
+    out.put(static_cast<std::int64_t>(status));
+    out.put(static_cast<std::uint64_t>(items.size()));
+    for (const item& it : items) {
+      out.put(it.from);
+      out.put(it.to);
+      out.put(it.tree);
+      out.put(it.links);
+      out.put(it.size);
+    }
+  }
+  std::vector<char>& bytes = out.bytes();
+  spread::broadcast(bytes, w.rank);
+  if (w.rank == 0) return;
+  spread::reader in(bytes);
+  std::int64_t st = 0;
+  std::uint64_t n = 0;
+  in.get(st);
+  in.get(n);
+  status = static_cast<int>(st);
+  items.assign(n, item{});
+  for (item& it : items) {
+    in.get(it.from);
+    in.get(it.to);
+    in.get(it.tree);
+    in.get(it.links);
+    in.get(it.size);
+  }
+}
+
+// Only rank 0 speaks while the command line is read: every rank reads it (a usage error ends
+// them all alike), one says so.
+struct muted {
+  int saved_out = -1, saved_err = -1;
+  explicit muted(bool on) {
+    if (!on) return;
+    std::fflush(stdout);
+    std::fflush(stderr);
+    saved_out = ::dup(STDOUT_FILENO);
+    saved_err = ::dup(STDERR_FILENO);
+    const int null = ::open("/dev/null", O_WRONLY | O_CLOEXEC);
+    ::dup2(null, STDOUT_FILENO);
+    ::dup2(null, STDERR_FILENO);
+    ::close(null);
+  }
+  ~muted() {
+    if (saved_out < 0) return;
+    std::fflush(stdout);
+    std::fflush(stderr);
+    ::dup2(saved_out, STDOUT_FILENO);
+    ::dup2(saved_err, STDERR_FILENO);
+    ::close(saved_out);
+    ::close(saved_err);
+  }
+  muted(const muted&) = delete;
+  muted& operator=(const muted&) = delete;
+};
+
+int run(int argc, char** argv, const mpi_world& w, signal_stop& signals) {
+  std::vector<std::string> operands;
+  std::vector<item> items;
+  int status = 0;
+  settings s;
+  {
+    muted quiet(w.rank != 0);
+    s = parse(argc, argv, operands);
+    s.umask = ::umask(022);
+    ::umask(s.umask);
+    if (!resolve_items(s, std::move(operands), items, status)) return status;
+  }
+  share_items(items, status, w);
+
+  progress_view view(w.rank == 0 && (s.progress || (!s.no_progress && ::isatty(STDERR_FILENO) == 1)));
+  job j{s, view, signals.token()};
+  totals sum;
+  const auto start = clock_type::now();
+  try {
+    pidring::io_context io;
+    io.run(copy_all(io, items, j, w, sum));
+  } catch (const std::exception& e) {
+    view.clear();
+    std::fprintf(stderr, "%s: %s\n", this_tool.name, e.what());
+    j.failed = true;
+  }
+  view.clear();
+  std::fflush(stdout);
+  const double seconds = std::chrono::duration<double>(clock_type::now() - start).count();
+
+  // The job's status: a signal's 128 + N on any rank, else 1 if any rank failed.
+  int mine = signals.received() != 0 ? 128 + signals.received() : j.failed || status != 0 ? 1 : 0;
+  int worst = 0;
+  MPI_Request r;
+  MPI_Ireduce(&mine, &worst, 1, MPI_INT, MPI_MAX, 0, MPI_COMM_WORLD, &r);
+  spread::wait(r);
+  // Single files: each rank's own count, gathered for the report.
+  std::uint64_t own[2] = {sum.mine.files, sum.mine.bytes};
+  std::vector<std::uint64_t> all(2 * static_cast<std::size_t>(w.size));
+  MPI_Igather(own, 2, MPI_UINT64_T, all.data(), 2, MPI_UINT64_T, 0, MPI_COMM_WORLD, &r);
+  spread::wait(r);
+  if (w.rank != 0) return 0;
+  sum.ranks.resize(static_cast<std::size_t>(w.size));
+  for (std::size_t k = 0; k < sum.ranks.size(); ++k) {
+    sum.ranks[k].files = all[2 * k];
+    sum.ranks[k].bytes = all[2 * k + 1];
+  }
+  if (s.report && !write_report(*s.report, sum, seconds, worst) && worst == 0) worst = 1;
+  return worst;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  this_tool = tool{"pcp-mpi", usage_text, own_text, "pcp's copy spread over MPI ranks; see pcp-mpi(1).", true};
+  // Before MPI starts its threads, so that they too leave the stop signals to ours.
+  signal_stop signals(false);
+  int provided = 0;
+  if (MPI_Init_thread(&argc, &argv, MPI_THREAD_SERIALIZED, &provided) != MPI_SUCCESS || provided < MPI_THREAD_SERIALIZED) {
+    std::fprintf(stderr, "pcp-mpi: MPI_Init_thread: MPI_THREAD_SERIALIZED is not available\n");
+    return 1;
+  }
+  // A usage error, --help or --version exit() on every rank alike: MPI ends cleanly then too.
+  std::atexit([] {
+    int finalized = 0;
+    MPI_Finalized(&finalized);
+    if (!finalized) MPI_Finalize();
+  });
+  mpi_world w;
+  MPI_Comm_rank(MPI_COMM_WORLD, &w.rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &w.size);
+  const int status = run(argc, argv, w, signals);
+  MPI_Finalize();
+  return status;
+}

@@ -1,0 +1,344 @@
+#!/usr/bin/env python3
+"""pcp-mpi under mpirun: real ranks, real files.
+
+Each case builds a tree with symbolic links (dangling too), hard links (inside a directory and
+across directories, to a small and to a big file), empty directories, a FIFO, big and small
+files, then:
+  - copies it with 1, 2 and 4 ranks (-a, with and without --atomic) and compares the copy with the
+    source (type, mode, size, contents, link targets, owners, times, hard links), and reads
+    --report: the totals match the tree and every rank copied a share;
+  - copies it as uid 65534 with --atomic where one file is unreadable: the job fails with pcp's
+    message for it, and nothing is left at DST, hidden or not;
+  - kills one rank (SIGKILL) mid-copy with --atomic: MPI ends the job, nothing is published, and
+    the next copy to the same place removes any hidden tree the dead job left;
+  - sends SIGINT to mpirun mid-copy with --atomic: every rank stops, nothing is left;
+  - a usage error is said once, in pcp's words, and ends every rank.
+After each case no pcp-mpi process of ours is left running.
+
+Usage: mpi_test.py PATH-TO-PCP-MPI [CASE-NAME-SUBSTRING]
+Exits 77 (ctest's SKIP_RETURN_CODE) when pcp-mpi was not built (no MPI) or mpirun is missing.
+"""
+import ctypes
+import hashlib
+import json
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+
+SKIP = 77
+PCP_MPI = sys.argv[1] if len(sys.argv) > 1 else ""
+ONLY = sys.argv[2] if len(sys.argv) > 2 else ""
+NOBODY = 65534
+MPIRUN = shutil.which("mpirun")
+
+if not PCP_MPI or not os.path.exists(PCP_MPI):
+    print("SKIP: pcp-mpi was not built (CMake found no MPI; Debian: libopenmpi-dev)")
+    sys.exit(SKIP)
+if not MPIRUN:
+    print("SKIP: mpirun not found (Debian: openmpi-bin)")
+    sys.exit(SKIP)
+PCP_MPI = os.path.abspath(PCP_MPI)
+
+
+def mpirun(n):
+    # --oversubscribe: more ranks than cores here. --allow-run-as-root: the suite runs as root.
+    # Shared memory between the ranks only (vader), without the cross-memory-attach copy that
+    # containers and hardened kernels refuse (ptrace scope).
+    cmd = [MPIRUN, "--oversubscribe", "--mca", "btl", "self,vader", "--mca", "btl_vader_single_copy_mechanism", "none",
+           "-n", str(n)]
+    if os.geteuid() == 0:
+        cmd.insert(1, "--allow-run-as-root")
+    return cmd
+
+
+def env():
+    # Open MPI's session directory in TMPDIR; the ranks' HOME need not exist (uid 65534).
+    e = dict(os.environ, LC_ALL="C", OMPI_MCA_rmaps_base_oversubscribe="1")
+    e.setdefault("TMPDIR", "/tmp")
+    return e
+
+
+def write(path, data, mode=0o644):
+    with open(path, "wb") as f:
+        f.write(data)
+    os.chmod(path, mode)
+
+
+def make_tree(src, big=8 << 20, small=300):
+    os.makedirs(os.path.join(src, "a", "b", "c"))
+    os.makedirs(os.path.join(src, "empty", "nested-empty"))
+    os.makedirs(os.path.join(src, "d"))
+    for i in range(small):
+        write(os.path.join(src, "a", "f%03d" % i), os.urandom(37 * i + 1), 0o644 if i % 7 else 0o600)
+    for i in range(4):
+        write(os.path.join(src, "d", "big%d" % i), os.urandom(big >> i), 0o640)
+    write(os.path.join(src, "a", "b", "c", "x"), b"#!/bin/sh\n", 0o755)
+    os.symlink("../d/big0", os.path.join(src, "a", "to-big"))
+    os.symlink("nowhere", os.path.join(src, "dangling"))
+    os.link(os.path.join(src, "a", "f005"), os.path.join(src, "d", "hard-small"))
+    os.link(os.path.join(src, "d", "big1"), os.path.join(src, "a", "b", "hard-big"))
+    os.link(os.path.join(src, "d", "big1"), os.path.join(src, "hard-big-2"))
+    os.mkfifo(os.path.join(src, "d", "fifo"))
+    os.chmod(os.path.join(src, "a", "b"), 0o750)
+    t = 1577836800
+    for dirpath, dirnames, filenames in os.walk(src, topdown=False):
+        for n in filenames + dirnames + [""]:
+            p = os.path.join(dirpath, n)
+            if not os.path.islink(p):
+                os.utime(p, (t, t))
+
+
+def manifest(top):
+    """Everything a copy must keep, by path: type and mode, owner, times, size, contents,
+    link targets, and which names share an inode."""
+    out, inodes = {}, {}
+    for dirpath, dirnames, filenames in os.walk(top):
+        dirnames.sort()
+        for n in sorted(dirnames + filenames):
+            p = os.path.join(dirpath, n)
+            rel = os.path.relpath(p, top)
+            st = os.lstat(p)
+            facts = [stat.filemode(st.st_mode), "%d:%d" % (st.st_uid, st.st_gid)]
+            if stat.S_ISREG(st.st_mode):
+                with open(p, "rb") as f:
+                    facts.append(hashlib.sha256(f.read()).hexdigest()[:16])
+                facts.append(str(st.st_size))
+                first = inodes.setdefault((st.st_dev, st.st_ino), rel)
+                facts.append("same inode as " + first if first != rel else "")
+            elif stat.S_ISLNK(st.st_mode):
+                facts.append("-> " + os.readlink(p))
+            if not stat.S_ISLNK(st.st_mode):
+                facts.append("mtime %d" % st.st_mtime_ns)
+            out[rel] = " ".join(facts)
+    return out
+
+
+def become_subreaper():
+    """Ranks that mpirun leaves behind when it aborts a job (it may exit before they are reaped)
+    become our children, for reap_orphans(): no zombie outlives a case, whatever PID 1 does."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    PR_SET_CHILD_SUBREAPER = 36
+    libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def reap_orphans(timeout=10):
+    """Waits for every child that is left (orphaned ranks, once subprocess has reaped mpirun)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            time.sleep(0.005)
+
+
+def hidden_leftovers(parent):
+    return [n for n in os.listdir(parent) if ".pidring-" in n]
+
+
+def ours_running():
+    """pcp-mpi processes still running (or unreaped) after a case: there must be none."""
+    left = []
+    for p in os.listdir("/proc"):
+        if p.isdigit():
+            try:
+                if os.readlink("/proc/%s/exe" % p) == PCP_MPI:
+                    left.append(int(p))
+            except OSError:
+                pass
+    return left
+
+
+def run(n, args, cwd, timeout=60, preexec=None):
+    return subprocess.run(mpirun(n) + [PCP_MPI] + args, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env=env(), stdin=subprocess.DEVNULL, preexec_fn=preexec)
+
+
+def drop_to_nobody():
+    os.setgroups([])
+    os.setgid(NOBODY)
+    os.setuid(NOBODY)
+
+
+failures = []
+
+
+def check(cond, what):
+    if not cond:
+        failures.append(what)
+        print("  FAILED: " + what)
+
+
+def case_copies_equal_the_source(base):
+    src = os.path.join(base, "src")
+    make_tree(src)
+    want = manifest(src)
+    files = sum(1 for v in want.values() if v.startswith("-"))
+    data = sum(os.lstat(os.path.join(src, k)).st_size for k, v in want.items()
+               if v.startswith("-") and "same inode" not in v)
+    for n in (1, 2, 4):
+        for atomic in ([], ["--atomic"]):
+            dst = os.path.join(base, "dst%d%s" % (n, "-atomic" if atomic else ""))
+            report = dst + ".json"
+            r = run(n, ["-a", "--report", report] + atomic + [src, dst], base)
+            label = "-n %d %s" % (n, " ".join(atomic))
+            check(r.returncode == 0, "%s: exit %d, stderr %r" % (label, r.returncode, r.stderr[-2000:]))
+            check(r.stderr == "", "%s: stderr %r" % (label, r.stderr[-2000:]))
+            got = manifest(dst) if os.path.isdir(dst) else {}
+            diff = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
+            check(not diff, "%s: the copy differs from the source at %s" %
+                  (label, ["%s: %s / %s" % (k, want.get(k), got.get(k)) for k in diff[:5]]))
+            check(not hidden_leftovers(base), "%s: hidden leftovers %s" % (label, hidden_leftovers(base)))
+            with open(report) as f:
+                rep = json.load(f)
+            check(rep["ranks"] == n and len(rep["per_rank"]) == n, "%s: report ranks %r" % (label, rep))
+            check(rep["files"] == files, "%s: report says %d files, the tree has %d" % (label, rep["files"], files))
+            check(rep["bytes"] == data, "%s: report says %d bytes, the tree has %d" % (label, rep["bytes"], data))
+            idle = [p["rank"] for p in rep["per_rank"] if p["files"] == 0]
+            check(not idle, "%s: ranks %s copied nothing: %r" % (label, idle, rep["per_rank"]))
+
+
+def case_atomic_failure_as_nobody_leaves_nothing(base):
+    os.chmod(base, 0o755)
+    src = os.path.join(base, "src")
+    make_tree(src, big=1 << 20, small=100)
+    secret = os.path.join(src, "a", "f050")
+    os.chmod(secret, 0o600)
+    for dirpath, dirnames, filenames in os.walk(src):
+        for n in dirnames + filenames + [""]:
+            p = os.path.join(dirpath, n)
+            if os.path.islink(p) or p == secret:
+                continue
+            os.chmod(p, os.lstat(p).st_mode | (0o005 if os.path.isdir(p) else 0o004))
+    out = os.path.join(base, "out")
+    os.makedirs(out)
+    os.chown(out, NOBODY, NOBODY)
+    for n in (1, 2, 4):
+        dst = os.path.join(out, "dst%d" % n)
+        r = run(n, ["-r", "--atomic", src, dst], base, preexec=drop_to_nobody)
+        label = "-n %d as uid %d" % (n, NOBODY)
+        check(r.returncode != 0, "%s: exit 0 with an unreadable file" % label)
+        want = "pcp-mpi: cannot open '%s' for reading: Permission denied" % secret
+        check(want in r.stderr, "%s: stderr %r lacks %r" % (label, r.stderr[-2000:], want))
+        check(os.listdir(out) == [], "%s: left %s" % (label, os.listdir(out)))
+
+
+def rank_pids(mpirun_pid):
+    """The ranks mpirun started (its children on this node), by rank."""
+    ranks = {}
+    for tid in os.listdir("/proc/%d/task" % mpirun_pid):
+        with open("/proc/%d/task/%s/children" % (mpirun_pid, tid)) as f:
+            for pid in f.read().split():
+                try:
+                    with open("/proc/%s/environ" % pid, "rb") as e:
+                        for var in e.read().split(b"\0"):
+                            if var.startswith(b"OMPI_COMM_WORLD_RANK="):
+                                ranks[int(var.split(b"=")[1])] = int(pid)
+                except OSError:
+                    pass
+    return ranks
+
+
+def start_and_catch_building(n, args, base, out):
+    """Starts mpirun; returns it and the ranks' pids once the hidden tree exists, with rank 0
+    stopped (SIGSTOP), so that the copy cannot be published while the test acts."""
+    p = subprocess.Popen(mpirun(n) + [PCP_MPI] + args, cwd=base, stdin=subprocess.DEVNULL,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
+    deadline = time.monotonic() + 30
+    ranks = {}
+    while time.monotonic() < deadline and p.poll() is None:
+        if len(ranks) < n:
+            ranks = rank_pids(p.pid)
+        if len(ranks) == n and hidden_leftovers(out):
+            os.kill(ranks[0], signal.SIGSTOP)
+            return p, ranks
+        time.sleep(0.001)
+    p.kill()
+    p.communicate()
+    return None, {}
+
+
+def case_killed_rank_publishes_nothing(base):
+    src = os.path.join(base, "src")
+    make_tree(src, big=64 << 20, small=2000)
+    out = os.path.join(base, "out")
+    os.makedirs(out)
+    dst = os.path.join(out, "dst")
+    p, ranks = start_and_catch_building(4, ["-a", "--atomic", src, dst], base, out)
+    check(p is not None, "the copy ended before its hidden tree was seen")
+    if p is None:
+        return
+    os.kill(ranks[1], signal.SIGKILL)
+    os.kill(ranks[0], signal.SIGCONT)
+    stdout, stderr = p.communicate(timeout=60)
+    check(p.returncode != 0, "mpirun exit 0 after a rank was killed")
+    check(not os.path.exists(dst), "a tree was published although rank 1 was killed")
+    left = hidden_leftovers(out)
+    print("  after the kill: mpirun exit %d, hidden trees left: %s" % (p.returncode, left))
+    reap_orphans()
+    # The next copy to the same place removes what the dead job left (its creator is gone).
+    r = run(2, ["-a", "--atomic", src, dst], base)
+    check(r.returncode == 0, "the copy after the kill: exit %d, %r" % (r.returncode, r.stderr[-2000:]))
+    check(hidden_leftovers(out) == [], "hidden trees left after the next copy: %s" % hidden_leftovers(out))
+    check(manifest(dst) == manifest(src), "the copy after the kill differs from the source")
+
+
+def case_sigint_to_mpirun_stops_every_rank(base):
+    src = os.path.join(base, "src")
+    make_tree(src, big=64 << 20, small=2000)
+    out = os.path.join(base, "out")
+    os.makedirs(out)
+    dst = os.path.join(out, "dst")
+    p, ranks = start_and_catch_building(2, ["-a", "--atomic", src, dst], base, out)
+    check(p is not None, "the copy ended before its hidden tree was seen")
+    if p is None:
+        return
+    # mpirun answers SIGINT with SIGCONT and SIGTERM to every rank (about a second later), and
+    # SIGKILL a second after that: rank 0 stays stopped until then, so the copy cannot end first.
+    p.send_signal(signal.SIGINT)
+    stdout, stderr = p.communicate(timeout=60)
+    check(p.returncode != 0, "mpirun exit 0 after SIGINT")
+    check(not os.path.exists(dst), "a tree was published after SIGINT")
+    check(hidden_leftovers(out) == [], "hidden trees left after SIGINT: %s" % hidden_leftovers(out))
+    print("  after SIGINT: mpirun exit %d" % p.returncode)
+
+
+def case_usage_error_is_said_once(base):
+    r = run(4, ["--bogus"], base)
+    check(r.returncode != 0, "exit 0 on an unknown option")
+    want = "pcp-mpi: unrecognized option '--bogus'\nTry 'pcp-mpi --help' for more information.\n"
+    check(r.stderr.count(want) == 1, "stderr %r is not one %r" % (r.stderr[-2000:], want))
+    r = run(2, ["--help"], base)
+    check(r.returncode == 0 and r.stdout.count("--report=FILE") == 1, "--help: %d %r" % (r.returncode, r.stdout))
+
+
+CASES = [case_copies_equal_the_source, case_atomic_failure_as_nobody_leaves_nothing,
+         case_killed_rank_publishes_nothing, case_sigint_to_mpirun_stops_every_rank, case_usage_error_is_said_once]
+
+become_subreaper()
+for c in CASES:
+    if ONLY not in c.__name__:
+        continue
+    start = time.monotonic()
+    before = len(failures)
+    base = tempfile.mkdtemp(prefix="pcp-mpi-test.")
+    try:
+        print("%s:" % c.__name__, flush=True)
+        c(base)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    reap_orphans()
+    left = ours_running()
+    check(not left, "%s: pcp-mpi processes left running: %s" % (c.__name__, left))
+    print("  %s (%.1f s)" % ("ok" if len(failures) == before else "FAILED", time.monotonic() - start), flush=True)
+
+if failures:
+    print("%d failure(s)" % len(failures))
+    sys.exit(1)
+print("all cases passed")
