@@ -42,7 +42,7 @@ struct tool {
   const char* usage;    // --help's "Usage:" lines and what the tool does
   const char* own;      // --help's lines for options only this tool has
   const char* version;  // --version's second line
-  bool report;          // takes --report=FILE
+  bool spread;          // takes pcp-mpi's options (--report, --split-files, --split-size)
 };
 
 inline tool this_tool{
@@ -274,7 +274,10 @@ struct settings {
   bool recursive = false, verbose = false, atomic = false, durable = false, progress = false, no_progress = false;
   bool no_target_directory = false;
   std::optional<std::string> target_directory;
-  std::optional<std::string> report;  // pcp-mpi's --report=FILE
+  // pcp-mpi's own: --report=FILE, --split-files=WHEN, --split-size=BYTES.
+  std::optional<std::string> report;
+  enum class split { automatic, always, never } split_files = split::automatic;
+  std::uint64_t split_size = 64ull << 20;
   deref links = deref::unset;
   // --no-preserve=mode: files get 0666 minus the umask (else the source's bits minus the umask).
   bool default_mode = false;
@@ -471,7 +474,7 @@ inline settings parse(int argc, char** argv, std::vector<std::string>& operands)
   settings s;
   enum {
     opt_method = 256, opt_durable, opt_chunk, opt_preserve, opt_no_preserve, opt_reflink, opt_sparse,
-    opt_atomic, opt_progress, opt_no_progress, opt_help, opt_version, opt_report
+    opt_atomic, opt_progress, opt_no_progress, opt_help, opt_version, opt_report, opt_split_files, opt_split_size
   };
   std::vector<option> longs = {
       {"archive", no_argument, nullptr, 'a'},
@@ -497,7 +500,11 @@ inline settings parse(int argc, char** argv, std::vector<std::string>& operands)
       {"chunk", required_argument, nullptr, opt_chunk},
       {"help", no_argument, nullptr, opt_help},
       {"version", no_argument, nullptr, opt_version}};
-  if (this_tool.report) longs.push_back({"report", required_argument, nullptr, opt_report});
+  if (this_tool.spread) {
+    longs.push_back({"report", required_argument, nullptr, opt_report});
+    longs.push_back({"split-files", required_argument, nullptr, opt_split_files});
+    longs.push_back({"split-size", required_argument, nullptr, opt_split_size});
+  }
   longs.push_back({nullptr, 0, nullptr, 0});
   bool method_given = false;
   opterr = 0;  // our own messages, in cp's form
@@ -564,6 +571,21 @@ inline settings parse(int argc, char** argv, std::vector<std::string>& operands)
       }
       case opt_atomic: s.atomic = true; break;
       case opt_report: s.report = optarg; break;
+      case opt_split_files: {
+        const std::string_view when = optarg;
+        if (when == "auto") s.split_files = settings::split::automatic;
+        else if (when == "always") s.split_files = settings::split::always;
+        else if (when == "never") s.split_files = settings::split::never;
+        else usage_error("invalid argument '" + std::string(when) + "' for '--split-files'");
+        break;
+      }
+      case opt_split_size: {
+        const unsigned long long n = std::strtoull(optarg, &end, 10);
+        if (end == optarg || *end != '\0' || n < 4096 || n % 4096 != 0)
+          usage_error(std::string("invalid split size: '") + optarg + "' (a multiple of 4096)");
+        s.split_size = n;
+        break;
+      }
       case opt_durable: s.durable = true; break;
       case opt_progress: s.progress = true; break;
       case opt_no_progress: s.progress = false, s.no_progress = true; break;

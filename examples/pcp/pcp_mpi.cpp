@@ -49,7 +49,14 @@ const char* usage_text =
     "\n";
 
 const char* own_text =
-    "      --report=FILE            write what each rank did (files, bytes, seconds) as JSON\n";
+    "\n"
+    "pcp-mpi's own:\n"
+    "      --report=FILE            write what each rank did (files, bytes, seconds) as JSON\n"
+    "      --split-files=WHEN       with --atomic, copy big files in pieces on several ranks:\n"
+    "                               auto (default: where the destination's file system takes\n"
+    "                               concurrent writers: Lustre, GPFS, CephFS, NFS...), always, never\n"
+    "      --split-size=BYTES       the pieces (default 64 MiB, a multiple of 4096); files of\n"
+    "                               at least twice this are split\n";
 
 struct mpi_world {
   int rank = 0, size = 1;
@@ -91,8 +98,93 @@ std::shared_ptr<pd::tree_copy> tree_copy_for(const settings& s, const item& it, 
   return t;
 }
 
-// The walk as rank 0 made it: entries, their states, the files largest first, and where the
-// copy is being built.
+// What the ranks are dealt: a whole file (length 0) or a piece of a big one.
+struct unit {
+  std::uint64_t entry = 0, offset = 0, length = 0;
+};
+
+// The units of a tree, largest first: every file of `t.file_order`, the big ones in pieces of
+// `piece` bytes where `split`. Their sizes (for the queue) in `sizes`.
+std::vector<unit> units_of(const pd::tree_copy& t, bool split, std::uint64_t piece, std::vector<std::uint64_t>& sizes) {
+  std::vector<unit> out;
+  for (std::size_t i : t.file_order) {
+    const std::uint64_t size = t.entries[i].size;
+    if (!split || size < 2 * piece) {
+      out.push_back(unit{i, 0, 0});
+      continue;
+    }
+    for (std::uint64_t at = 0; at < size; at += piece) out.push_back(unit{i, at, std::min(piece, size - at)});
+  }
+  auto bytes = [&t](const unit& u) { return u.length != 0 ? u.length : t.entries[u.entry].size; };
+  std::stable_sort(out.begin(), out.end(), [&](const unit& a, const unit& b) { return bytes(a) > bytes(b); });
+  sizes.clear();
+  for (const unit& u : out) sizes.push_back(bytes(u));
+  return out;
+}
+
+// The files `units` split, each once.
+std::vector<std::size_t> split_entries(const std::vector<unit>& units) {
+  std::vector<std::size_t> out;
+  for (const unit& u : units)
+    if (u.length != 0 && u.offset == 0) out.push_back(static_cast<std::size_t>(u.entry));
+  return out;
+}
+
+// Opens entry `i` of the source, checked to be the file the walk saw, and of the copy.
+std::pair<pd::unique_fd, pd::unique_fd> open_both(pd::tree_copy& t, std::size_t i, int out_flags, struct stat& st) {
+  const std::string rel = pd::tree_path(t.entries, i);
+  const pd::error_site at = t.entry_site(rel, false), out_at = t.entry_site(rel, true);
+  int err = 0;
+  pd::unique_fd in = t.source->open(i, rel, O_RDONLY | O_NOCTTY | O_NONBLOCK, err);
+  if (!in) at.say(err, "open source", "open");
+  if (::fstat(in.get(), &st) != 0) at.fail(errno, "open source", "fstat");
+  if (!pd::same_object(st, t.entries[i])) at.fail(ENOENT, "open source", "it was replaced during the copy");
+  pd::unique_fd out = t.made->open(i, rel, out_flags, err, (out_flags & O_CREAT) != 0 ? 0600 : 0);
+  if (!out) out_at.say(err, "create destination", "open");
+  return {std::move(in), std::move(out)};
+}
+
+// A file to be copied in pieces: made now, at its full size (still owner-only), so that every
+// rank can write its pieces into it; its mode, owner and times come once all are written.
+void create_split_file(pd::tree_copy& t, std::size_t i) {
+  struct stat st {};
+  auto [in, out] = open_both(t, i, O_WRONLY | O_CREAT | O_EXCL, st);
+  if (::ftruncate(out.get(), st.st_size) != 0) t.entry_site(i, true).fail(errno, "truncate");
+}
+
+// One piece of a split file, through the library's range copy (holes stay holes).
+void copy_piece(pd::tree_copy& t, const unit& u, const pd::work_control& ctl) {
+  const auto i = static_cast<std::size_t>(u.entry);
+  struct stat st {};
+  auto [in, out] = open_both(t, i, O_WRONLY, st);
+  pd::range_copy r;
+  r.site = t.entry_site(i, true);
+  r.counters = t.counters;
+  r.data.done = &t.counters->bytes;
+  r.in = std::move(in);
+  r.out = std::move(out);
+  r.offset = u.offset;
+  r.length = u.length;
+  r.method = t.method;
+  r.parallelism = 1;
+  r.sparse = t.sparse;
+  r.prepare();
+  r.data.copy_here(*t.pool, ctl);
+  r.finish(ctl);
+  t.bytes.fetch_add(u.length, std::memory_order_relaxed);
+}
+
+// Every piece of split file `i` written: its mode, owner, attributes and times, as a file copied
+// whole gets them.
+void finish_split_file(pd::tree_copy& t, std::size_t i) {
+  struct stat st {};
+  auto [in, out] = open_both(t, i, O_WRONLY, st);
+  t.set_file_metadata(in.get(), out.get(), st, true, t.entry_site(i, false), t.entry_site(i, true));
+  t.files.fetch_add(1, std::memory_order_relaxed);
+  t.counters->files.fetch_add(1, std::memory_order_relaxed);
+}
+
+// The walk as rank 0 made it: entries, their states, and where the copy is being built.
 void write_walk(spread::writer& w, const pd::tree_copy& t) {
   const std::string made = t.merge ? t.to.string() : (std::filesystem::path(t.dest.parent_name) / t.dest.temp_name).string();
   w.put(made);
@@ -114,8 +206,6 @@ void write_walk(spread::writer& w, const pd::tree_copy& t) {
     w.put(e.target);
   }
   for (pd::entry_state st : t.state) w.put(st);
-  w.put(static_cast<std::uint64_t>(t.file_order.size()));
-  for (std::size_t i : t.file_order) w.put(static_cast<std::uint64_t>(i));
   w.put(t.files_total);
   w.put(t.bytes_total);
   w.put(t.umask);
@@ -148,13 +238,6 @@ std::string read_walk(spread::reader& r, pd::tree_copy& t) {
   }
   t.state.resize(n);
   for (pd::entry_state& st : t.state) r.get(st);
-  r.get(n);
-  t.file_order.resize(n);
-  for (std::size_t& i : t.file_order) {
-    std::uint64_t v = 0;
-    r.get(v);
-    i = static_cast<std::size_t>(v);
-  }
   r.get(t.files_total);
   r.get(t.bytes_total);
   r.get(t.umask);
@@ -227,11 +310,25 @@ pidring::task<void> spread_tree(pidring::io_context& io, const item& it, job& j,
   const pd::error_site& site = t->site;
   std::vector<char> walk;
   std::string made_path;
+  auto units = std::make_shared<std::vector<unit>>();  // held by the pool's items too
+  std::vector<std::uint64_t> sizes;                    // of the units
   bool ok = true;
   if (w.rank == 0) {
     const auto start = clock_type::now();
     try {
-      auto prepare = [t](const pd::work_control& ctl) { t->prepare(ctl); };
+      // The walk and the skeleton; then the files to split (only into a tree nobody sees yet,
+      // whose files need no hidden name of their own) are made at their full size.
+      auto prepare = [t, &s, units, &sizes](const pd::work_control& ctl) {
+        t->prepare(ctl);
+        const bool split = !t->merge && !t->zeros_as_holes && s.split_files != settings::split::never &&
+                           (s.split_files == settings::split::always ||
+                            pd::parallel_writer_fs(pd::fs_magic(t->made->root()->get())));
+        *units = units_of(*t, split, s.split_size, sizes);
+        for (std::size_t i : split_entries(*units)) {
+          if (ctl.stopped()) pd::throw_cancelled(t->site);
+          create_split_file(*t, i);
+        }
+      };
       auto prepared = pd::on_pool(pool, site, std::move(prepare), j.stop);
       co_await prepared;
     } catch (...) {
@@ -242,7 +339,11 @@ pidring::task<void> spread_tree(pidring::io_context& io, const item& it, job& j,
     sum.walk_seconds += std::chrono::duration<double>(clock_type::now() - start).count();
     spread::writer out;
     out.put(ok);
-    if (ok) write_walk(out, *t);
+    if (ok) {
+      write_walk(out, *t);
+      out.put(static_cast<std::uint64_t>(units->size()));
+      for (const unit& u : *units) out.put(u);
+    }
     walk = std::move(out.bytes());
   }
   spread::broadcast(walk, w.rank);
@@ -259,17 +360,16 @@ pidring::task<void> spread_tree(pidring::io_context& io, const item& it, job& j,
 
   // Every rank copies files until the queue says there are no more.
   const unsigned threads = threads_per_rank(s);
-  std::vector<std::uint64_t> sizes;
-  std::unique_ptr<spread::queue_server> server;
-  std::unique_ptr<spread::queue_client> client;
+  std::shared_ptr<spread::queue_server> server;  // held by the pool's items too
+  std::shared_ptr<spread::queue_client> client;
   std::thread serving;
   spread::rank_result mine;
   const auto start = clock_type::now();
   bool ready = true;
   if (w.rank == 0) {
-    sizes.reserve(t->entries.size());
-    for (const pd::tree_entry& e : t->entries) sizes.push_back(e.size);
-    server = std::make_unique<spread::queue_server>(t->file_order, sizes, w.size, threads, s.atomic);
+    std::vector<std::size_t> order(units->size());
+    for (std::size_t k = 0; k < order.size(); ++k) order[k] = k;
+    server = std::make_shared<spread::queue_server>(std::move(order), std::move(sizes), w.size, threads, s.atomic);
     // Progress: each rank's files and bytes as its last request said, ours as they are now.
     std::vector<progress_view::share*> shares;
     for (int r = 0; r < w.size; ++r) shares.push_back(&j.view.add());
@@ -288,6 +388,10 @@ pidring::task<void> spread_tree(pidring::io_context& io, const item& it, job& j,
     serving = std::thread([&server, tick, stopped] { server->serve(tick, stopped); });
   } else {
     made_path = read_walk(in, *t);
+    std::uint64_t n = 0;
+    in.get(n);
+    units->resize(n);
+    for (unit& u : *units) in.get(u);
     try {
       open_walked_tree(*t, made_path);
     } catch (...) {
@@ -297,14 +401,18 @@ pidring::task<void> spread_tree(pidring::io_context& io, const item& it, job& j,
     auto progress = [t, &j] {
       return spread::request{j.stop.stop_requested() ? 2u : 0u, t->counters->files.load(), t->counters->bytes.load()};
     };
-    client = std::make_unique<spread::queue_client>(progress);
+    client = std::make_shared<spread::queue_client>(progress);
   }
   auto files = std::make_shared<pd::job_group>(std::min(threads, pd::copy_pool::max_threads));
   if (ready)
     for (unsigned k = 0; k < threads; ++k)
-      files->add([t, q = server.get(), c = client.get()](const pd::work_control& ctl) {
-        std::size_t i = 0;
-        while (!ctl.stopped() && (q ? q->next(i) : c->next(i))) t->copy_file(i, ctl);
+      files->add([t, server, client, units](const pd::work_control& ctl) {
+        std::size_t k = 0;
+        while (!ctl.stopped() && (server ? server->next(k) : client->next(k))) {
+          const unit& u = (*units)[k];
+          if (u.length == 0) t->copy_file(static_cast<std::size_t>(u.entry), ctl);
+          else copy_piece(*t, u, ctl);
+        }
       });
   if (files->size() > 0) {
     auto copied = pd::group_awaiter(pool, files, j.stop);
@@ -342,7 +450,8 @@ pidring::task<void> spread_tree(pidring::io_context& io, const item& it, job& j,
     bool placed = false;
     if (all_ok && !j.stop.stop_requested()) {
       try {
-        auto finish = [t](const pd::work_control& ctl) {
+        auto finish = [t, split = split_entries(*units)](const pd::work_control& ctl) {
+          for (std::size_t i : split) finish_split_file(*t, i);
           t->finish(ctl);
           pd::unique_fd parent = t->put_in_place(ctl);
           if (parent && ::fsync(parent.get()) != 0) t->site.fail(errno, "fsync");

@@ -122,19 +122,19 @@ struct request {
   std::uint64_t how = 0, files = 0, bytes = 0;
 };
 
-// The file queue on rank 0: indices of a tree's entries, largest file first, dealt out in batches
+// The queue on rank 0: a tree's units (files, or pieces of big ones), largest first, dealt out in batches
 // to the other ranks (their requests, answered by serve()) and one at a time to rank 0's own
 // threads (next()). Once the copy is abandoned (a rank failed or stopped, with `all_or_nothing`;
 // a stop on rank 0) every request is answered with an empty batch.
 class queue_server {
  public:
-  queue_server(std::vector<std::size_t> order, const std::vector<std::uint64_t>& sizes, int ranks, unsigned threads,
+  // `order`: the units to deal, in order; `sizes`: their bytes, by unit.
+  queue_server(std::vector<std::size_t> order, std::vector<std::uint64_t> sizes, int ranks, unsigned threads,
                bool all_or_nothing)
-      : order_(order.begin(), order.end()), ranks_(ranks), threads_(std::max(threads, 1u)),
+      : order_(order.begin(), order.end()), sizes_(std::move(sizes)), ranks_(ranks), threads_(std::max(threads, 1u)),
         all_or_nothing_(all_or_nothing), first_(static_cast<std::size_t>(ranks)), results_(static_cast<std::size_t>(ranks)),
         progress_(static_cast<std::size_t>(ranks)) {
-    sizes_ = &sizes;
-    for (std::size_t i : order_) bytes_left_ += sizes[i];
+    for (std::size_t i : order_) bytes_left_ += sizes_[i];
     // Each other rank's first batch is set aside now, so that a rank that starts late (ranks
     // outnumbering cores) still gets a share of a tree that rank 0 could copy alone meanwhile.
     for (int r = 1; r < ranks_; ++r) first_[static_cast<std::size_t>(r)] = take_batch();
@@ -211,7 +211,7 @@ class queue_server {
   std::size_t take_front() {  // mutex held
     const std::size_t i = order_.front();
     order_.pop_front();
-    bytes_left_ -= (*sizes_)[i];
+    bytes_left_ -= sizes_[i];
     return i;
   }
 
@@ -221,7 +221,7 @@ class queue_server {
     std::lock_guard lock(mutex_);
     for (auto it = batch.rbegin(); it != batch.rend(); ++it) {
       order_.push_front(static_cast<std::size_t>(*it));
-      bytes_left_ += (*sizes_)[*it];
+      bytes_left_ += sizes_[*it];
     }
     batch.clear();
   }
@@ -238,7 +238,7 @@ class queue_server {
     std::uint64_t bytes = 0;
     while (!order_.empty() && batch.size() < max_files && bytes < max_bytes) {
       const std::size_t i = take_front();
-      bytes += (*sizes_)[i];
+      bytes += sizes_[i];
       batch.push_back(i);
     }
     return batch;
@@ -246,7 +246,7 @@ class queue_server {
 
   std::mutex mutex_;
   std::deque<std::size_t> order_;  // mutex
-  const std::vector<std::uint64_t>* sizes_;
+  std::vector<std::uint64_t> sizes_;
   std::uint64_t bytes_left_ = 0;  // mutex
   int ranks_;
   unsigned threads_;

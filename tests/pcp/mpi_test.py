@@ -84,6 +84,10 @@ def make_tree(src, big=8 << 20, small=300):
     os.link(os.path.join(src, "d", "big1"), os.path.join(src, "a", "b", "hard-big"))
     os.link(os.path.join(src, "d", "big1"), os.path.join(src, "hard-big-2"))
     os.mkfifo(os.path.join(src, "d", "fifo"))
+    with open(os.path.join(src, "d", "sparse"), "wb") as f:  # data, a 3 MiB hole, data
+        f.write(os.urandom(1 << 20))
+        f.seek(4 << 20)
+        f.write(os.urandom(12345))
     os.chmod(os.path.join(src, "a", "b"), 0o750)
     t = 1577836800
     for dirpath, dirnames, filenames in os.walk(src, topdown=False):
@@ -204,6 +208,28 @@ def case_copies_equal_the_source(base):
             check(not idle, "%s: ranks %s copied nothing: %r" % (label, idle, rep["per_rank"]))
 
 
+def case_big_files_in_pieces_over_ranks(base):
+    """--split-files=always: the big files (8, 4 and 2 MiB, the sparse one) copied in 1 MiB
+    pieces by every rank, into a tree that only appears once all of them are in."""
+    src = os.path.join(base, "src")
+    make_tree(src)
+    dst = os.path.join(base, "dst")
+    report = os.path.join(base, "r.json")
+    r = run(4, ["-a", "--atomic", "--split-files=always", "--split-size=1048576", "--report", report, src, dst], base)
+    check(r.returncode == 0 and r.stderr == "", "exit %d, stderr %r" % (r.returncode, r.stderr[-2000:]))
+    want, got = manifest(src), manifest(dst) if os.path.isdir(dst) else {}
+    diff = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
+    check(not diff, "the copy differs from the source at %s" % diff[:5])
+    if diff:
+        return
+    sparse = os.lstat(os.path.join(dst, "d", "sparse"))
+    check(sparse.st_blocks * 512 < 3 << 20, "the sparse file's hole was filled: %d blocks" % sparse.st_blocks)
+    with open(report) as f:
+        rep = json.load(f)
+    idle = [p["rank"] for p in rep["per_rank"] if p["bytes"] < (1 << 20)]
+    check(not idle, "ranks %s copied less than a piece: %r" % (idle, rep["per_rank"]))
+
+
 def case_atomic_failure_as_nobody_leaves_nothing(base):
     os.chmod(base, 0o755)
     src = os.path.join(base, "src")
@@ -318,7 +344,7 @@ def case_usage_error_is_said_once(base):
     check(r.returncode == 0 and r.stdout.count("--report=FILE") == 1, "--help: %d %r" % (r.returncode, r.stdout))
 
 
-CASES = [case_copies_equal_the_source, case_atomic_failure_as_nobody_leaves_nothing,
+CASES = [case_copies_equal_the_source, case_big_files_in_pieces_over_ranks, case_atomic_failure_as_nobody_leaves_nothing,
          case_killed_rank_publishes_nothing, case_sigint_to_mpirun_stops_every_rank, case_usage_error_is_said_once]
 
 become_subreaper()
