@@ -19,16 +19,16 @@ Usage: mpi_test.py PATH-TO-PCP-MPI [CASE-NAME-SUBSTRING]
 Exits 77 (ctest's SKIP_RETURN_CODE) when pcp-mpi was not built (no MPI) or mpirun is missing.
 """
 import ctypes
-import hashlib
 import json
 import os
 import shutil
 import signal
-import stat
 import subprocess
 import sys
 import tempfile
 import time
+
+import trees
 
 SKIP = 77
 PCP_MPI = sys.argv[1] if len(sys.argv) > 1 else ""
@@ -98,28 +98,9 @@ def make_tree(src, big=8 << 20, small=300):
 
 
 def manifest(top):
-    """Everything a copy must keep, by path: type and mode, owner, times, size, contents,
-    link targets, and which names share an inode."""
-    out, inodes = {}, {}
-    for dirpath, dirnames, filenames in os.walk(top):
-        dirnames.sort()
-        for n in sorted(dirnames + filenames):
-            p = os.path.join(dirpath, n)
-            rel = os.path.relpath(p, top)
-            st = os.lstat(p)
-            facts = [stat.filemode(st.st_mode), "%d:%d" % (st.st_uid, st.st_gid)]
-            if stat.S_ISREG(st.st_mode):
-                with open(p, "rb") as f:
-                    facts.append(hashlib.sha256(f.read()).hexdigest()[:16])
-                facts.append(str(st.st_size))
-                first = inodes.setdefault((st.st_dev, st.st_ino), rel)
-                facts.append("same inode as " + first if first != rel else "")
-            elif stat.S_ISLNK(st.st_mode):
-                facts.append("-> " + os.readlink(p))
-            if not stat.S_ISLNK(st.st_mode):
-                facts.append("mtime %d" % st.st_mtime_ns)
-            out[rel] = " ".join(facts)
-    return out
+    """Everything a copy must keep: type and mode, owner, times, contents, link targets, and
+    which names share an inode."""
+    return trees.manifest(top, owners=True, times=True, links=True)
 
 
 def become_subreaper():
@@ -290,14 +271,21 @@ def start_and_catch_building(n, args, base, out):
     return None, {}
 
 
-def case_killed_rank_publishes_nothing(base):
+def start_big_atomic_copy(n, base):
+    """`pcp-mpi -a --atomic` of a tree of 2,000 files and 64+32+16+8 MiB with n ranks, caught
+    while building (start_and_catch_building): (src, out, dst, mpirun or None, ranks)."""
     src = os.path.join(base, "src")
     make_tree(src, big=64 << 20, small=2000)
     out = os.path.join(base, "out")
     os.makedirs(out)
     dst = os.path.join(out, "dst")
-    p, ranks = start_and_catch_building(4, ["-a", "--atomic", src, dst], base, out)
+    p, ranks = start_and_catch_building(n, ["-a", "--atomic", src, dst], base, out)
     check(p is not None, "the copy ended before its hidden tree was seen")
+    return src, out, dst, p, ranks
+
+
+def case_killed_rank_publishes_nothing(base):
+    src, out, dst, p, ranks = start_big_atomic_copy(4, base)
     if p is None:
         return
     os.kill(ranks[1], signal.SIGKILL)
@@ -316,13 +304,7 @@ def case_killed_rank_publishes_nothing(base):
 
 
 def case_sigint_to_mpirun_stops_every_rank(base):
-    src = os.path.join(base, "src")
-    make_tree(src, big=64 << 20, small=2000)
-    out = os.path.join(base, "out")
-    os.makedirs(out)
-    dst = os.path.join(out, "dst")
-    p, ranks = start_and_catch_building(2, ["-a", "--atomic", src, dst], base, out)
-    check(p is not None, "the copy ended before its hidden tree was seen")
+    src, out, dst, p, ranks = start_big_atomic_copy(2, base)
     if p is None:
         return
     # mpirun answers SIGINT with SIGCONT and SIGTERM to every rank (about a second later), and
