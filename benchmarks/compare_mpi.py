@@ -142,7 +142,11 @@ def main():
                     walk = statistics.median(x["walk_seconds"] for x in reps)
                     shares = [statistics.median(x["per_rank"][k]["files"] for x in reps) for k in range(n)]
                     batches = statistics.median(x["queue_batches"] for x in reps)
-                    extra = "%.3f (walk %.3f); %s; %d batches" % (copy, walk, "/".join("%d" % s for s in shares), batches)
+                    # How far apart the ranks ended: the last rank's copy seconds minus the first's.
+                    spread = statistics.median(max(p["seconds"] for p in x["per_rank"]) - min(p["seconds"] for p in x["per_rank"])
+                                               for x in reps)
+                    extra = "%.3f (walk %.3f); %s; %d batches; ranks end %.3f s apart" % (
+                        copy, walk, "/".join("%d" % s for s in shares), batches, spread)
                     med[t + " (copy)"] = copy
                 print("  %-20s %9.3f %8.2fx  %s" % (t, med[t], cp / med[t], extra), flush=True)
             results[label] = {"files": nfiles, "median": med, "samples": samples, "loads": loads,

@@ -198,7 +198,8 @@ class signal_stop {
 // terminal, else (--progress) a plain line at most once a second.
 class progress_view {
  public:
-  explicit progress_view(bool on) : on_(on), tty_(::isatty(STDERR_FILENO) == 1), start_(clock_type::now()) {}
+  // `tty`: draw a bar redrawn in place (stderr is, or leads to, a terminal).
+  explicit progress_view(bool on, bool tty = ::isatty(STDERR_FILENO) == 1) : on_(on), tty_(tty), start_(clock_type::now()) {}
 
   // A source's share: files and bytes done and total so far (its totals may grow, e.g. once a
   // tree has been walked).

@@ -371,17 +371,16 @@ pidring::task<void> spread_tree(pidring::io_context& io, const item& it, job& j,
     for (std::size_t k = 0; k < order.size(); ++k) order[k] = k;
     server = std::make_shared<spread::queue_server>(std::move(order), std::move(sizes), w.size, threads, s.atomic);
     // Progress: each rank's files and bytes as its last request said, ours as they are now.
-    std::vector<progress_view::share*> shares;
-    for (int r = 0; r < w.size; ++r) shares.push_back(&j.view.add());
-    shares[0]->files_total = t->files_total;
-    shares[0]->bytes_total = t->bytes_total;
-    auto tick = [&j, t, shares](const std::vector<spread::request>& ranks) {
+    progress_view::share* share = &j.view.add();
+    share->files_total = t->files_total;
+    share->bytes_total = t->bytes_total;
+    auto tick = [&j, t, share](const std::vector<spread::request>& ranks) {
+      share->files_done = t->counters->files.load();
+      share->bytes_done = t->counters->bytes.load();
       for (std::size_t r = 1; r < ranks.size(); ++r) {
-        shares[r]->files_done = ranks[r].files;
-        shares[r]->bytes_done = ranks[r].bytes;
+        share->files_done += ranks[r].files;
+        share->bytes_done += ranks[r].bytes;
       }
-      shares[0]->files_done = t->counters->files.load();
-      shares[0]->bytes_done = t->counters->bytes.load();
       j.view.update();
     };
     auto stopped = [&j] { return j.stop.stop_requested(); };
@@ -598,6 +597,20 @@ struct muted {
   muted& operator=(const muted&) = delete;
 };
 
+// Whether what this rank writes on stderr ends up on a terminal. mpirun hands every rank a pipe
+// for stderr (and forwards it), so the rank asks about mpirun's own stderr, when mpirun is its
+// parent (rank 0 usually runs where mpirun does; on a node of its own its parent is orted,
+// whose stderr is no terminal).
+bool stderr_reaches_terminal() {
+  if (::isatty(STDERR_FILENO) == 1) return true;
+  const std::string parent = "/proc/" + std::to_string(::getppid()) + "/fd/2";
+  const int fd = ::open(parent.c_str(), O_WRONLY | O_NOCTTY | O_CLOEXEC);
+  if (fd < 0) return false;
+  const bool tty = ::isatty(fd) == 1;
+  ::close(fd);
+  return tty;
+}
+
 int run(int argc, char** argv, const mpi_world& w, signal_stop& signals) {
   std::vector<std::string> operands;
   std::vector<item> items;
@@ -612,7 +625,8 @@ int run(int argc, char** argv, const mpi_world& w, signal_stop& signals) {
   }
   share_items(items, status, w);
 
-  progress_view view(w.rank == 0 && (s.progress || (!s.no_progress && ::isatty(STDERR_FILENO) == 1)));
+  const bool terminal = stderr_reaches_terminal();
+  progress_view view(w.rank == 0 && (s.progress || (!s.no_progress && terminal)), terminal);
   job j{s, view, signals.token()};
   totals sum;
   const auto start = clock_type::now();
