@@ -493,23 +493,27 @@ pidring::task<void> spread_tree(pidring::io_context& io, const item& it, job& j,
   spread::broadcast(end, w.rank);
 }
 
-// The operands in order: trees by every rank together, single files dealt round robin.
-pidring::task<void> copy_all(pidring::io_context& io, const std::vector<item>& items, job& j, const mpi_world& w, totals& sum) {
+// The operands in order: trees (`spreads`) by every rank together, the others dealt round robin
+// and copied as pcp copies them.
+pidring::task<void> copy_all(pidring::io_context& io, const std::vector<item>& items, const std::vector<char>& spreads,
+                             job& j, const mpi_world& w, totals& sum) {
+  progress_view single_view(false);  // counts the single files (the bar shows the trees)
+  job single{j.s, single_view, j.stop};
   std::vector<pidring::task<void>> files;
   std::size_t dealt = 0;
-  for (const item& it : items) {
-    std::error_code ec;
-    const bool dir = it.links == pidring::tree_links::copy ? std::filesystem::is_directory(std::filesystem::symlink_status(it.from, ec))
-                                                           : std::filesystem::is_directory(it.from, ec);
-    if (it.tree && dir) {
-      auto one = spread_tree(io, it, j, w, sum);
+  for (std::size_t k = 0; k < items.size(); ++k) {
+    if (spreads[k] != 0) {
+      auto one = spread_tree(io, items[k], j, w, sum);
       co_await std::move(one);
     } else if (dealt++ % static_cast<std::size_t>(w.size) == static_cast<std::size_t>(w.rank)) {
-      files.push_back(copy_one(io, it, j.s.jobs, j));
+      files.push_back(copy_one(io, items[k], j.s.jobs, single));
     }
   }
   auto all = pidring::when_all(std::move(files));
   co_await std::move(all);
+  sum.mine.files += single_view.total().files_done;
+  sum.mine.bytes += single_view.total().bytes_done;
+  j.failed = j.failed || single.failed;
   j.view.update(true);
 }
 
@@ -536,36 +540,43 @@ bool write_report(const std::string& path, const totals& sum, double seconds, in
 }
 
 // Rank 0's operands for every rank (the others stat'ed them too, muted, only to take the same
-// exits on a usage error).
-void share_items(std::vector<item>& items, int& status, const mpi_world& w) {
+// exits on a usage error), and which of them are trees to spread (directories copied with -r):
+// decided once, so that every rank takes part in the same trees.
+void share_items(std::vector<item>& items, std::vector<char>& spreads, int& status, const mpi_world& w) {
   spread::writer out;
   if (w.rank == 0) {
     out.put(static_cast<std::int64_t>(status));
     out.put(static_cast<std::uint64_t>(items.size()));
     for (const item& it : items) {
+      std::error_code ec;
+      const bool dir = it.links == pidring::tree_links::copy
+                           ? std::filesystem::is_directory(std::filesystem::symlink_status(it.from, ec))
+                           : std::filesystem::is_directory(it.from, ec);
       out.put(it.from);
       out.put(it.to);
       out.put(it.tree);
       out.put(it.links);
       out.put(it.size);
+      out.put(static_cast<char>(it.tree && dir));
     }
   }
   std::vector<char>& bytes = out.bytes();
   spread::broadcast(bytes, w.rank);
-  if (w.rank == 0) return;
   spread::reader in(bytes);
   std::int64_t st = 0;
   std::uint64_t n = 0;
   in.get(st);
   in.get(n);
   status = static_cast<int>(st);
-  items.assign(n, item{});
-  for (item& it : items) {
-    in.get(it.from);
-    in.get(it.to);
-    in.get(it.tree);
-    in.get(it.links);
-    in.get(it.size);
+  items.resize(n);
+  spreads.resize(n);
+  for (std::size_t k = 0; k < n; ++k) {
+    in.get(items[k].from);
+    in.get(items[k].to);
+    in.get(items[k].tree);
+    in.get(items[k].links);
+    in.get(items[k].size);
+    in.get(spreads[k]);
   }
 }
 
@@ -623,7 +634,8 @@ int run(int argc, char** argv, const mpi_world& w, signal_stop& signals) {
     ::umask(s.umask);
     if (!resolve_items(s, std::move(operands), items, status)) return status;
   }
-  share_items(items, status, w);
+  std::vector<char> spreads;
+  share_items(items, spreads, status, w);
 
   const bool terminal = stderr_reaches_terminal();
   progress_view view(w.rank == 0 && (s.progress || (!s.no_progress && terminal)), terminal);
@@ -632,7 +644,7 @@ int run(int argc, char** argv, const mpi_world& w, signal_stop& signals) {
   const auto start = clock_type::now();
   try {
     pidring::io_context io;
-    io.run(copy_all(io, items, j, w, sum));
+    io.run(copy_all(io, items, spreads, j, w, sum));
   } catch (const std::exception& e) {
     view.clear();
     std::fprintf(stderr, "%s: %s\n", this_tool.name, e.what());
