@@ -303,13 +303,89 @@ def case_killed_rank_publishes_nothing(base):
     check(manifest(dst) == manifest(src), "the copy after the kill differs from the source")
 
 
+def cgroup2_root():
+    with open("/proc/mounts") as f:
+        for line in f:
+            fields = line.split()
+            if fields[2] == "cgroup2":
+                return fields[1]
+    return None
+
+
+class frozen:
+    """A process frozen in a cgroup of its own (cgroup v2's freezer): unlike SIGSTOP, mpirun's
+    SIGCONT does not wake it, and the signals sent to it wait until it thaws."""
+
+    def __init__(self, pid, root):
+        self.dir = os.path.join(root, "pcp-mpi-test-%d" % os.getpid())
+        os.mkdir(self.dir)
+        self.origin = None
+        with open("/proc/%d/cgroup" % pid) as f:
+            for line in f:
+                if line.startswith("0::"):
+                    self.origin = os.path.join(root, line.strip()[3:].lstrip("/"))
+        with open(os.path.join(self.dir, "cgroup.procs"), "w") as f:
+            f.write(str(pid))
+        self.pid = pid
+        self.set(1)
+
+    def set(self, on):
+        with open(os.path.join(self.dir, "cgroup.freeze"), "w") as f:
+            f.write("1" if on else "0")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with open(os.path.join(self.dir, "cgroup.events")) as f:
+                if ("frozen %d" % on) in f.read():
+                    return
+            time.sleep(0.001)
+
+    def close(self):
+        self.set(0)
+        try:
+            if self.origin and os.path.isdir(self.origin):
+                with open(os.path.join(self.origin, "cgroup.procs"), "w") as f:
+                    f.write(str(self.pid))
+        except OSError:
+            pass  # gone already
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.rmdir(self.dir)
+                return
+            except OSError:
+                time.sleep(0.01)
+
+
+def pending_signals(pid):
+    """The signals pending for process `pid` (its shared queue), as a mask."""
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("ShdPnd:"):
+                return int(line.split()[1], 16)
+    return 0
+
+
 def case_sigint_to_mpirun_stops_every_rank(base):
+    """mpirun answers SIGINT with SIGCONT to every rank at once, SIGTERM a second later and
+    SIGKILL a second after that. Rank 0 is frozen from the moment its hidden tree exists until
+    mpirun's SIGTERM is pending for it, so the copy cannot end before the stop reaches it."""
+    root = cgroup2_root()
+    if root is None:
+        print("  skipped: no cgroup2 hierarchy to freeze rank 0 in")
+        return
     src, out, dst, p, ranks = start_big_atomic_copy(2, base)
     if p is None:
         return
-    # mpirun answers SIGINT with SIGCONT and SIGTERM to every rank (about a second later), and
-    # SIGKILL a second after that: rank 0 stays stopped until then, so the copy cannot end first.
-    p.send_signal(signal.SIGINT)
+    ice = frozen(ranks[0], root)
+    os.kill(ranks[0], signal.SIGCONT)  # the SIGSTOP that caught it: the freezer holds it now
+    try:
+        p.send_signal(signal.SIGINT)
+        deadline = time.monotonic() + 20
+        while not pending_signals(ranks[0]) & (1 << (signal.SIGTERM - 1)) and time.monotonic() < deadline:
+            time.sleep(0.001)
+        check(time.monotonic() < deadline, "mpirun sent rank 0 no SIGTERM after SIGINT")
+    finally:
+        ice.close()
     stdout, stderr = p.communicate(timeout=60)
     check(p.returncode != 0, "mpirun exit 0 after SIGINT")
     check(not os.path.exists(dst), "a tree was published after SIGINT")
