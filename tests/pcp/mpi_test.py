@@ -47,10 +47,11 @@ PCP_MPI = os.path.abspath(PCP_MPI)
 
 def mpirun(n):
     # --oversubscribe: more ranks than cores here. --allow-run-as-root: the suite runs as root.
-    # Shared memory between the ranks only (vader), without the cross-memory-attach copy that
-    # containers and hardened kernels refuse (ptrace scope).
-    cmd = [MPIRUN, "--oversubscribe", "--mca", "btl", "self,vader", "--mca", "btl_vader_single_copy_mechanism", "none",
-           "-n", str(n)]
+    # --bind-to none: each rank's pool of threads may use every core (Open MPI binds a rank to
+    # one core by default). Shared memory between the ranks only (vader), without the
+    # cross-memory-attach copy that containers and hardened kernels refuse (ptrace scope).
+    cmd = [MPIRUN, "--oversubscribe", "--bind-to", "none", "--mca", "btl", "self,vader", "--mca",
+           "btl_vader_single_copy_mechanism", "none", "-n", str(n)]
     if os.geteuid() == 0:
         cmd.insert(1, "--allow-run-as-root")
     return cmd
