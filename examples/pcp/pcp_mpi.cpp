@@ -346,7 +346,11 @@ pidring::task<void> spread_tree(pidring::io_context& io, const item& it, job& j,
     }
     walk = std::move(out.bytes());
   }
-  spread::broadcast(walk, w.rank);
+  // The hidden tree exists from here on: a stop while the other ranks take the walk (one of them
+  // may be dead, and MPI kill this rank a second later) removes it at once. Nothing else uses
+  // the tree meanwhile.
+  spread::on_stop remove_now{j.stop, [t] { t->discard(); }};
+  spread::broadcast(walk, w.rank, w.rank == 0 ? &remove_now : nullptr);
   spread::reader in(walk);
   in.get(ok);
   if (!ok) {
@@ -490,7 +494,7 @@ pidring::task<void> spread_tree(pidring::io_context& io, const item& it, job& j,
   sum.mine.bytes += mine.bytes;
   // Every rank waits for rank 0's end of this tree before the next operand.
   std::vector<char> end(1);
-  spread::broadcast(end, w.rank);
+  spread::broadcast(end, w.rank, w.rank == 0 ? &remove_now : nullptr);
 }
 
 // The operands in order: trees (`spreads`) by every rank together, the others dealt round robin

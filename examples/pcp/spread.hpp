@@ -25,8 +25,10 @@
 #include <deque>
 #include <functional>
 #include <mutex>
+#include <stop_token>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 namespace pcp::spread {
@@ -45,27 +47,35 @@ inline void pause(unsigned& round) {
   ::nanosleep(&t, nullptr);
 }
 
+// What a wait does if a stop comes while it waits: `run` once (rank 0 removes its hidden tree:
+// a rank that died keeps the others waiting until mpirun kills them, a second or so later).
+struct on_stop {
+  std::stop_token stop;
+  std::function<void()> run;
+};
+
 // Waits for `r` without spinning.
-inline void wait(MPI_Request& r) {
+inline void wait(MPI_Request& r, on_stop* if_stopped = nullptr) {
   unsigned round = 0;
   for (int done = 0;;) {
     MPI_Test(&r, &done, MPI_STATUS_IGNORE);
     if (done) return;
+    if (if_stopped && if_stopped->run && if_stopped->stop.stop_requested()) std::exchange(if_stopped->run, nullptr)();
     pause(round);
   }
 }
 
 // Rank 0's bytes to every rank, in pieces an int can count.
-inline void broadcast(std::vector<char>& bytes, int rank) {
+inline void broadcast(std::vector<char>& bytes, int rank, on_stop* if_stopped = nullptr) {
   std::uint64_t size = bytes.size();
   MPI_Request r;
   MPI_Ibcast(&size, 1, MPI_UINT64_T, 0, MPI_COMM_WORLD, &r);
-  wait(r);
+  wait(r, if_stopped);
   if (rank != 0) bytes.resize(size);
   constexpr std::uint64_t piece = 1u << 30;
   for (std::uint64_t at = 0; at < size; at += piece) {
     MPI_Ibcast(bytes.data() + at, static_cast<int>(std::min(piece, size - at)), MPI_CHAR, 0, MPI_COMM_WORLD, &r);
-    wait(r);
+    wait(r, if_stopped);
   }
 }
 

@@ -9,8 +9,9 @@ files, then:
     --report: the totals match the tree and every rank copied a share;
   - copies it as uid 65534 with --atomic where one file is unreadable: the job fails with pcp's
     message for it, and nothing is left at DST, hidden or not;
-  - kills one rank (SIGKILL) mid-copy with --atomic: MPI ends the job, nothing is published, and
-    the next copy to the same place removes any hidden tree the dead job left;
+  - kills rank 1 (SIGKILL) mid-copy with --atomic: MPI ends the job, nothing is published and
+    rank 0 removes its hidden tree; kills rank 0: the next copy to the same place removes the
+    hidden tree the dead job left;
   - sends SIGINT to mpirun mid-copy with --atomic: every rank stops, nothing is left;
   - a usage error is said once, in pcp's words, and ends every rank.
 After each case no pcp-mpi process of ours is left running.
@@ -286,18 +287,33 @@ def start_big_atomic_copy(n, base):
 
 
 def case_killed_rank_publishes_nothing(base):
+    """Rank 1 of 4 SIGKILLed mid-copy: Open MPI ends the job (SIGCONT, then SIGTERM a second
+    later, SIGKILL a second after that); nothing is published, and rank 0, waiting for the dead
+    rank, removes the hidden tree when its SIGTERM comes."""
     src, out, dst, p, ranks = start_big_atomic_copy(4, base)
     if p is None:
         return
     os.kill(ranks[1], signal.SIGKILL)
     os.kill(ranks[0], signal.SIGCONT)
-    stdout, stderr = p.communicate(timeout=60)
+    p.communicate(timeout=60)
+    reap_orphans()
     check(p.returncode != 0, "mpirun exit 0 after a rank was killed")
     check(not os.path.exists(dst), "a tree was published although rank 1 was killed")
-    left = hidden_leftovers(out)
-    print("  after the kill: mpirun exit %d, hidden trees left: %s" % (p.returncode, left))
+    check(hidden_leftovers(out) == [], "rank 0 left its hidden tree: %s" % hidden_leftovers(out))
+
+
+def case_killed_rank_0_is_cleaned_up_by_the_next_copy(base):
+    """Rank 0 SIGKILLed mid-copy: nothing is published, its hidden tree stays, and the next copy
+    to the same place removes it (its creator is provably gone) and publishes its own."""
+    src, out, dst, p, ranks = start_big_atomic_copy(2, base)
+    if p is None:
+        return
+    os.kill(ranks[0], signal.SIGKILL)
+    p.communicate(timeout=60)
     reap_orphans()
-    # The next copy to the same place removes what the dead job left (its creator is gone).
+    check(p.returncode != 0, "mpirun exit 0 after rank 0 was killed")
+    check(not os.path.exists(dst), "a tree was published although rank 0 was killed")
+    check(len(hidden_leftovers(out)) == 1, "no hidden tree after rank 0 was killed: %s" % os.listdir(out))
     r = run(2, ["-a", "--atomic", src, dst], base)
     check(r.returncode == 0, "the copy after the kill: exit %d, %r" % (r.returncode, r.stderr[-2000:]))
     check(hidden_leftovers(out) == [], "hidden trees left after the next copy: %s" % hidden_leftovers(out))
@@ -404,7 +420,8 @@ def case_usage_error_is_said_once(base):
 
 
 CASES = [case_copies_equal_the_source, case_big_files_in_pieces_over_ranks, case_atomic_failure_as_nobody_leaves_nothing,
-         case_killed_rank_publishes_nothing, case_sigint_to_mpirun_stops_every_rank, case_usage_error_is_said_once]
+         case_killed_rank_publishes_nothing, case_killed_rank_0_is_cleaned_up_by_the_next_copy,
+         case_sigint_to_mpirun_stops_every_rank, case_usage_error_is_said_once]
 
 become_subreaper()
 for c in CASES:
