@@ -389,7 +389,20 @@ pidring::task<void> spread_tree(pidring::io_context& io, const item& it, job& j,
     };
     auto stopped = [&j] { return j.stop.stop_requested(); };
     serving = std::thread([&server, tick, stopped] { server->serve(tick, stopped); });
-  } else {
+  }
+  // Whatever ends this frame, the serving thread ends first (the copy abandoned, if it was not
+  // done: the other ranks then get empty batches and say they are done).
+  struct joiner {
+    std::thread& serving;
+    std::shared_ptr<spread::queue_server>& server;
+    ~joiner() {
+      if (!serving.joinable()) return;
+      server->abandon();
+      server->local_done();
+      serving.join();
+    }
+  } join_serving{serving, server};
+  if (w.rank != 0) {
     made_path = read_walk(in, *t);
     std::uint64_t n = 0;
     in.get(n);
