@@ -308,12 +308,21 @@ struct tree_copy {
   std::filesystem::path source_path(std::size_t i) const { return below(from, tree_path(entries, i)); }
   std::filesystem::path copy_path(std::size_t i) const { return below(to, tree_path(entries, i)); }
 
- private:
-  static std::string below(const std::filesystem::path& top, const std::string& rel) {
-    std::string p = top.native();
-    if (rel.empty()) return p;
-    if (!p.empty() && p.back() != '/') p += '/';
-    return p += rel;
+  // After a file's data: owner, mode, extended attributes and times of the copy `fd` from the
+  // source `in` (its stat `st`), then fsync when durable. `beside`: the copy was made owner-only
+  // beside its place, so its mode is always set.
+  void set_file_metadata(int in, int fd, const struct stat& st, bool beside, const error_site& at,
+                         const error_site& out_at) {
+    const bool owned = preserve_owner && give_owner(st.st_uid, st.st_gid, [fd](uid_t u, gid_t g) { return ::fchown(fd, u, g); });
+    mode_t mode = st.st_mode & (owned ? 07777 : 01777);
+    if (!preserve_mode) mode &= ~umask;
+    if ((beside || (mode & ~umask) != mode || owned) && ::fchmod(fd, mode) != 0) out_at.fail(errno, "chmod");
+    if (preserve_xattrs) write_xattrs(fd, read_xattrs(in, at), out_at);
+    if (preserve_times) {
+      const timespec times[2] = {st.st_atim, st.st_mtim};
+      if (::futimens(fd, times) != 0) out_at.say(errno, "set times", "set the times of");
+    }
+    if (durable && ::fsync(fd) != 0) out_at.fail(errno, "fsync");
   }
 
   // The site of one object of the tree: its source path, or with `in_copy` its path in the copy.
@@ -323,6 +332,14 @@ struct tree_copy {
   }
   // The same for entry `i`, its path built now (only for an error: it costs the tree's depth).
   error_site entry_site(std::size_t i, bool in_copy) const { return entry_site(tree_path(entries, i), in_copy); }
+
+ private:
+  static std::string below(const std::filesystem::path& top, const std::string& rel) {
+    std::string p = top.native();
+    if (rel.empty()) return p;
+    if (!p.empty() && p.back() != '/') p += '/';
+    return p += rel;
+  }
 
   // An entry could not be copied: with merge and on_error it is reported and marked (what is in
   // it is skipped), else the copy ends with its error.
@@ -454,16 +471,7 @@ struct tree_copy {
     data.copy_here(*pool, ctl);
     const data_outcome& o = data.outcome;
     if (o.end != o.written_end && ::ftruncate(fd, static_cast<off_t>(o.end)) != 0) out_at.fail(errno, "truncate");
-    const bool owned = preserve_owner && give_owner(st.st_uid, st.st_gid, [fd](uid_t u, gid_t g) { return ::fchown(fd, u, g); });
-    mode_t mode = st.st_mode & (owned ? 07777 : 01777);
-    if (!preserve_mode) mode &= ~umask;
-    if ((beside || (mode & ~umask) != mode || owned) && ::fchmod(fd, mode) != 0) out_at.fail(errno, "chmod");
-    if (preserve_xattrs) write_xattrs(fd, read_xattrs(in.get(), at), out_at);
-    if (preserve_times) {
-      const timespec times[2] = {st.st_atim, st.st_mtim};
-      if (::futimens(fd, times) != 0) out_at.say(errno, "set times", "set the times of");
-    }
-    if (durable && ::fsync(fd) != 0) out_at.fail(errno, "fsync");
+    set_file_metadata(in.get(), fd, st, beside, at, out_at);
     if (beside) publish(p, replace, out_at);
     // Holes count as done once the file is.
     if (o.end > o.bytes) counters->bytes.fetch_add(o.end - o.bytes, std::memory_order_relaxed);
