@@ -8,10 +8,14 @@
 #include <catch2/catch_test_macros.hpp>
 
 #include <fcntl.h>
+#include <pthread.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstdint>
 #include <cstdio>
 #include <filesystem>
 #include <mutex>
@@ -116,6 +120,65 @@ TEST_CASE("copy_tree and copy_file: the next copy to a name removes the leftover
   child.kill();
   io.run(child.wait());
   CHECK(entries(dir.path()) == std::vector<std::string>{"a", "dst", "file", "src"});
+}
+
+TEST_CASE("copy_tree: a copier that has ended but is not yet reaped is gone; one whose first thread ended while another runs is not",
+          "[copy][copy_tree]") {
+  test_util::temp_dir dir;
+  fs::create_directories(dir / "src");
+  test_util::write_file(dir / "src" / "f", "f");
+  const auto& me = pidring::detail::this_creator();
+  REQUIRE(me.host != 0);
+  // A zombie: exited, and its parent (this test) has not reaped it yet.
+  const pid_t zombie = ::fork();
+  REQUIRE(zombie >= 0);
+  if (zombie == 0) ::_exit(0);
+  siginfo_t info{};
+  REQUIRE(::waitid(P_PID, static_cast<id_t>(zombie), &info, WEXITED | WNOWAIT) == 0);
+  // A process whose first thread has ended while another thread runs on (until the
+  // pipe's write end closes): /proc shows it as a zombie too, but it runs.
+  int p[2];
+  REQUIRE(::pipe2(p, O_CLOEXEC) == 0);
+  const pid_t headless = ::fork();
+  REQUIRE(headless >= 0);
+  if (headless == 0) {
+    ::close(p[1]);
+    pthread_t t;
+    if (::pthread_create(&t, nullptr, [](void* fd) -> void* {
+          char c;
+          while (::read(static_cast<int>(reinterpret_cast<std::intptr_t>(fd)), &c, 1) > 0) {
+          }
+          ::_exit(0);
+        }, reinterpret_cast<void*>(static_cast<std::intptr_t>(p[0]))) != 0)
+      ::_exit(1);
+    // The first thread ends alone, without pthread_exit's unwinding (which would run this test's
+    // destructors, the temporary directory's among them, in the child).
+    ::syscall(SYS_exit, 0);
+  }
+  ::close(p[0]);
+  for (int i = 0; i < 1000 && test_util::read_proc_file("/proc/" + std::to_string(headless) + "/stat").find(") Z") ==
+                                  std::string::npos;
+       ++i)
+    ::usleep(1000);  // bounded: until its first thread has ended
+  const unsigned long long zombie_start = pidring::detail::process_start(zombie);
+  const unsigned long long headless_start = pidring::detail::process_start(headless);
+  REQUIRE(zombie_start != 0);
+  REQUIRE(headless_start != 0);
+  const std::string gone = hidden_name("dst", zombie, zombie_start, me.host);
+  const std::string runs = hidden_name("dst", headless, headless_start, me.host);
+  fs::create_directories(dir / gone / "sub");
+  fs::create_directory(dir / runs);
+  tree_copy(dir / "src", dir / "dst");
+  const bool gone_removed = !fs::exists(dir / gone);
+  const bool runs_kept = fs::exists(dir / runs);
+  ::close(p[1]);  // the other thread ends, and with it the process
+  int status = 0;
+  ::waitpid(headless, &status, 0);
+  ::waitpid(zombie, &status, 0);
+  CHECK(gone_removed);
+  CHECK(runs_kept);
+  fs::remove(dir / runs);
+  CHECK(entries(dir.path()) == std::vector<std::string>{"dst", "src"});
 }
 
 TEST_CASE("remove_tree: removes a link inside, never what it points to, and leaves a mount point inside with EXDEV",

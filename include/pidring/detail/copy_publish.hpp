@@ -43,17 +43,25 @@ struct creator {
 };
 
 // A process's start time (clock ticks after boot: field 22 of /proc/PID/stat), 0 if unknown.
-inline unsigned long long process_start(pid_t pid) {
+// With `only_if_running`, also 0 for a process that has ended and only waits to be reaped: state
+// Z with one thread (the leader itself). A zombie leader whose other threads still run shows Z
+// too, with more threads: that process runs, and may be copying.
+inline unsigned long long process_start(pid_t pid, bool only_if_running = false) {
   char path[40];
   std::snprintf(path, sizeof path, "/proc/%d/stat", static_cast<int>(pid));
   const std::string stat = read_small_file(path, 1024);
   const auto close = stat.rfind(')');  // the name may hold spaces and parentheses
   if (close == std::string::npos) return 0;
   const char* p = stat.c_str() + close + 1;
+  char state = 0;
+  long threads = 0;
   for (int field = 3; field < 22 && *p; ++field) {  // after ')' comes field 3
     while (*p == ' ') ++p;
+    if (field == 3) state = *p;
+    if (field == 20) threads = std::strtol(p, nullptr, 10);
     while (*p && *p != ' ') ++p;
   }
+  if (only_if_running && (state == 'X' || (state == 'Z' && threads <= 1))) return 0;
   return std::strtoull(p, nullptr, 10);
 }
 
@@ -104,8 +112,8 @@ inline std::string temporary_name(const std::string& name) {
 }
 
 // Whether `entry` is a hidden name made for `name` by a copier that is provably gone: made on
-// this boot in this pid namespace, by a process that no longer runs (no process with its pid, or
-// one that started at another time).
+// this boot in this pid namespace, by a process that no longer runs (no process with its pid,
+// one that started at another time, or one that has ended and is not yet reaped).
 // An empty `name` matches a hidden name made for any name.
 inline bool is_stale_hidden_name(std::string_view entry, const std::string& name) {
   if (entry.size() < 2 || entry[0] != '.') return false;
@@ -129,7 +137,7 @@ inline bool is_stale_hidden_name(std::string_view entry, const std::string& name
   const creator& me = this_creator();
   if (me.host == 0 || host != me.host || start == 0) return false;  // another boot or namespace: not provable
   if (pid == me.pid && start == me.start) return false;             // ours: a copy of this process runs
-  return process_start(pid) != start;                                // 0 (gone) or another process
+  return process_start(pid, true) != start;                          // 0 (gone) or another process
 }
 
 // ---- removing trees ---------------------------------------------------------------------------------
