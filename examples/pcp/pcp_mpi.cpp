@@ -13,7 +13,8 @@
 // job when a rank dies: the hidden tree is removed by rank 0 when it gets the time, else by the
 // next copy to the same place). Single files among the operands are dealt round robin.
 //
-// docs/copy.md ("Over MPI ranks") has the design and its scaling model; docs/pcp-mpi.md the usage.
+// docs/copy.md ("Over MPI ranks") has the design and its scaling model; docs/pcp-mpi.1, the man
+// page, the usage.
 #include "cli.hpp"
 #include "spread.hpp"
 
