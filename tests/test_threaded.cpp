@@ -70,10 +70,15 @@ struct owned_pipe {
   }
 };
 
-pidring::exit_status finish(pidring::child& c, std::optional<pidring::exit_status> st, const std::string& what) {
-  if (st) return *st;
-  c.kill();
-  throw scenario_failure(what + " (pid " + std::to_string(c.pid()) + ") did not finish within 10 s: it hangs");
+// Waits for `c` for at most 10 s (then it hangs: it is killed, and the scenario fails) and checks
+// its exit code. (Callers name `what` first: g++ 12 mishandles temporaries in co_await.)
+pidring::task<void> expect_exit(pidring::child& c, int code, std::string what) {
+  const std::optional<pidring::exit_status> st = co_await c.wait_for(10s);
+  if (!st) {
+    c.kill();
+    throw scenario_failure(what + " (pid " + std::to_string(c.pid()) + ") did not finish within 10 s: it hangs");
+  }
+  expect(st->code() == code, what + " exits with " + std::to_string(code) + ", got " + st->to_string());
 }
 
 // fflush(stdout) as glibc does it: the stream's lock, then the unlocked flush. The same for
@@ -106,20 +111,14 @@ pidring::task<void> one_of_each(pidring::io_context& io, const std::filesystem::
     std::fflush(stdout);
     return 7;
   });
-  {
-    auto st = co_await call.wait_for(10s);
-    const pidring::exit_status s = finish(call, st, tag + "a callable child using malloc and printf");
-    expect(s.code() == 7, tag + "the callable exits with 7, got " + s.to_string());
-  }
+  const std::string callable = tag + "a callable child using malloc and printf";
+  co_await expect_exit(call, 7, callable);
 
   safety::progress(tag + "spawn(program)");
   pidring::command sh{"sh", "-c", "exit 3"};
   pidring::child prog = pidring::spawn(io, sh);
-  {
-    auto st = co_await prog.wait_for(10s);
-    const pidring::exit_status s = finish(prog, st, tag + "the program sh -c 'exit 3'");
-    expect(s.code() == 3, tag + "the program exits with 3, got " + s.to_string());
-  }
+  const std::string program = tag + "the program sh -c 'exit 3'";
+  co_await expect_exit(prog, 3, program);
 
   {
     owned_pipe p;
@@ -218,8 +217,7 @@ TEST_CASE("threaded: a thread flushing stdout on every line never stalls the flu
   // The children print but do not flush: pidring's own flush at their end writes it. The logger
   // calls fflush() itself, so under a sanitizer it is inside the runtime's fflush hook as often
   // as it can be (see flush_stdout_as_glibc_does).
-  test_util::temp_dir dir("pidring-threaded");
-  const auto r = safety::run_watched([&] {
+  const auto r = safety::run_watched([] {
     stdout_to_dev_null();
     int line = 0;
     safety::background logger([&line] {
@@ -236,9 +234,8 @@ TEST_CASE("threaded: a thread flushing stdout on every line never stalls the flu
           std::printf("callable child %d\n", i);
           return 7;
         });
-        auto st = co_await c.wait_for(10s);
-        const pidring::exit_status s = finish(c, st, "callable child " + std::to_string(i));
-        expect(s.code() == 7, "the callable exits with 7, got " + s.to_string());
+        const std::string what = "callable child " + std::to_string(i);
+        co_await expect_exit(c, 7, what);
       }
     };
     io.run(all());
