@@ -22,6 +22,7 @@
 #include <pidring/detail/sys.hpp>
 #include <pidring/io_context.hpp>
 
+#include <fcntl.h>
 #include <pthread.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -33,6 +34,8 @@
 #include <csignal>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
+#include <cstring>
 #include <ctime>
 #include <deque>
 #include <exception>
@@ -292,6 +295,8 @@ class copy_pool final : public context_service {
   // returns, without waiting for it to run: its tid comes from its CPU-time clock id (glibc
   // knows the tid once pthread_create has returned; the clock id encodes it as ~tid << 3 | 6).
   // Waiting for the new thread instead costs milliseconds where waking an idle vCPU is slow.
+  static constexpr const char* thread_name = "pidring-copy";
+
   void start_thread() {
     workers_.reserve(workers_.size() + 1);  // no allocation between start and push_back
     sigset_t all, old;
@@ -309,6 +314,15 @@ class copy_pool final : public context_service {
     if (pthread_getcpuclockid(w.thread.native_handle(), &clock) == 0 && (clock & 7) == 6)
       w.tid = static_cast<pid_t>(~(clock >> 3));
     if (w.tid > 0) {
+      // Named here, so that it has its name from the start (top, gdb, a test counting the
+      // pool's threads), not only once it runs. Not pthread_setname_np on another thread: glibc
+      // opens its comm file without O_CLOEXEC. The thread names itself too (no /proc needed).
+      char comm[48];
+      std::snprintf(comm, sizeof comm, "/proc/self/task/%d/comm", static_cast<int>(w.tid));
+      if (const int fd = ::open(comm, O_WRONLY | O_CLOEXEC | O_NOCTTY); fd >= 0) {
+        [[maybe_unused]] const ssize_t n = ::write(fd, thread_name, std::strlen(thread_name));
+        ::close(fd);
+      }
       try {
         own_threads::add(w.tid);
       } catch (...) {
@@ -319,7 +333,7 @@ class copy_pool final : public context_service {
   }
 
   void worker_main() noexcept {
-    pthread_setname_np(pthread_self(), "pidring-copy");
+    pthread_setname_np(pthread_self(), thread_name);
     std::vector<std::byte> buffer;
     std::unique_lock lock(mutex_);
     for (;;) {
