@@ -137,11 +137,11 @@ TEST_CASE("copy pool: the ring's thread keeps running while a copy is held on th
 TEST_CASE("copy pool: threads start with the first copy, are bounded, and are joined when the io_context ends",
           "[copy]") {
   test_util::temp_dir dir;
-  const auto before = test_util::thread_ids();
+  const auto before = test_util::own_thread_ids();
   for (int i = 0; i < 100; ++i) test_util::write_file(dir / ("src" + std::to_string(i)), pattern(64 * 1024, i));
   {
     pidring::io_context io;
-    CHECK(test_util::thread_ids() == before);  // no copy yet: no thread
+    CHECK(test_util::own_thread_ids() == before);  // no copy yet: no thread
     CHECK(threads_named("pidring-copy") == 0);
     pidring::copy_options o;
     io.run(pidring::copy_file(io, dir / "src0", dir / "first", o));

@@ -49,11 +49,8 @@ std::vector<pid_t> children_after_grace() {
 std::vector<pid_t> new_threads_after_grace(const std::vector<pid_t>& at_start) {
   auto fresh = [&] {
     std::vector<pid_t> out;
-    for (pid_t tid : test_util::thread_ids()) {
-      if (std::binary_search(at_start.begin(), at_start.end(), tid)) continue;
-      if (test_util::thread_name(tid).rfind("iou-", 0) == 0) continue;
-      out.push_back(tid);
-    }
+    for (pid_t tid : test_util::own_thread_ids())
+      if (!std::binary_search(at_start.begin(), at_start.end(), tid)) out.push_back(tid);
     return out;
   };
   auto tids = fresh();

@@ -132,6 +132,19 @@ inline std::string thread_name(pid_t tid) {
   return name;
 }
 
+// The threads of this process that the program made (its own and libraries'), ascending:
+// without the kernel's io_uring workers (iou-wrk-*, iou-sqp-*), which io_uring starts and ends
+// on its own schedule (an idle worker stays for a few seconds after the ring that used it), nor
+// threads gone since they were listed.
+inline std::vector<pid_t> own_thread_ids() {
+  std::vector<pid_t> tids = thread_ids();
+  std::erase_if(tids, [](pid_t tid) {
+    const std::string name = thread_name(tid);
+    return name.empty() || name.rfind("iou-", 0) == 0;
+  });
+  return tids;
+}
+
 struct process_info {
   pid_t pid = 0;
   char state = '?';       // R, S, D, Z, T, ... from /proc/<pid>/stat; '?' if it has gone
