@@ -10,6 +10,7 @@
 #include <fcntl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -528,6 +529,43 @@ TEST_CASE("copy_file: a full disk fails with ENOSPC, keeps the old destination a
   }
 }
 
+TEST_CASE("copy_file: on ext4 a copy that cannot fit fails before a byte is written and gives its space back",
+          "[copy]") {
+  small_ext4 disk("16M");
+  if (!disk.mounted) SKIP(disk.why);
+  test_util::temp_dir elsewhere;
+  const fs::path d = disk.dir / "d";
+  fs::create_directory(d);
+  test_util::write_file(elsewhere / "big", pattern(24 * MiB, 8));
+  test_util::write_file(d / "fits-src", pattern(4 * MiB + 5, 9));  // beside: copy_file_range across is EXDEV
+  test_util::write_file(d / "dst", "the old destination");
+  auto free_blocks = [&] {
+    ::sync();  // blocks freed by a transaction count once it is committed
+    struct statvfs v {};
+    REQUIRE(::statvfs(disk.dir.c_str(), &v) == 0);
+    return v.f_bfree;
+  };
+  const auto before = free_blocks();
+  for (copy_method m : {copy_method::automatic, copy_method::copy_file_range, copy_method::read_write}) {
+    CAPTURE(pidring::to_string(m));
+    copy_options o = with_method(m);
+    o.overwrite = true;
+    expect_error([&] { copy(elsewhere / "big", d / "dst", o); }, ENOSPC,
+                 who("copy_file", elsewhere / "big", d / "dst") + ": write destination: fallocate");
+    CHECK(test_util::read_file(d / "dst") == "the old destination");
+    CHECK(entries(d) == std::vector<std::string>{"dst", "fits-src"});
+    CHECK(free_blocks() == before);
+    // One that fits has exactly the blocks its bytes need: nothing allocated is left over.
+    copy(d / "fits-src", d / "fits", o);
+    CHECK(same_contents(d / "fits-src", d / "fits"));
+    struct stat st {};
+    REQUIRE(::stat((d / "fits").c_str(), &st) == 0);
+    const auto block = static_cast<std::uint64_t>(st.st_blksize);
+    CHECK(static_cast<std::uint64_t>(st.st_blocks) * 512 == (4 * MiB + 5 + block - 1) / block * block);
+    fs::remove(d / "fits");
+  }
+}
+
 // ---- sizes that lie -------------------------------------------------------------------------
 
 TEST_CASE("copy_file: /proc files (st_size 0) are copied by reading to end of file", "[copy]") {
@@ -581,6 +619,11 @@ TEST_CASE("copy_file: a source that shrinks or grows during the copy is copied t
       const std::string expected = grow ? data + extra : data.substr(0, MiB + 7);
       CHECK(r.bytes == expected.size());
       CHECK(test_util::read_file(dir / "dst") == expected);
+      // Blocks allocated ahead for the size first seen (ext4) are given back when it shrank.
+      struct stat st {};
+      REQUIRE(::stat((dir / "dst").c_str(), &st) == 0);
+      const auto block = static_cast<std::uint64_t>(st.st_blksize);
+      CHECK(static_cast<std::uint64_t>(st.st_blocks) * 512 <= (expected.size() + block - 1) / block * block);
       fs::remove(dir / "dst");
     }
   }

@@ -1,5 +1,5 @@
 // Helpers for the copier's tests (test_copy*.cpp, test_pcp.cpp): file contents that differ at
-// every offset, comparisons, sparse layouts, a small tmpfs, a place where reflinks work, and
+// every offset, comparisons, sparse layouts, a small tmpfs, a small ext4, a place where reflinks work, and
 // running a check as an unprivileged user in a child process.
 #pragma once
 
@@ -141,6 +141,33 @@ struct small_tmpfs {
   const fs::path& path() const { return dir.path(); }
 };
 
+// A file system image of `size` made by `mkfs` (a command line the image's path is appended
+// to) and loop-mounted on `mnt`: true when mounted. PATH gets /sbin and /usr/sbin (mkfs lives there).
+inline bool loop_mount(const fs::path& image, const fs::path& mnt, const std::string& size, const std::string& mkfs) {
+  const std::string make = "truncate -s " + size + " " + image.string() + " && PATH=$PATH:/sbin:/usr/sbin " + mkfs +
+                           " " + image.string() + " >/dev/null 2>&1 && mount -o loop " + image.string() + " " +
+                           mnt.string() + " 2>/dev/null";
+  return std::system(make.c_str()) == 0;
+}
+
+// A small ext4 (journal and all, as mkfs.ext4 makes it) on a loop device, unmounted at scope
+// end; `why` says why there is none.
+struct small_ext4 {
+  test_util::temp_dir scratch{"pidring-ext4"};
+  fs::path dir = scratch / "mnt";
+  bool mounted = false;
+  std::string why;
+
+  explicit small_ext4(const std::string& size) {
+    fs::create_directory(dir);
+    mounted = loop_mount(scratch / "image", dir, size, "mkfs.ext4 -q -F");
+    if (!mounted) why = "could not make and loop-mount an ext4 image (mkfs.ext4, a loop device, root)";
+  }
+  ~small_ext4() {
+    if (mounted) ::umount2(dir.c_str(), MNT_DETACH);
+  }
+};
+
 // A directory on a file system that shares extents: the temporary directory if it does, else a
 // small btrfs or XFS image on a loop device when mkfs.btrfs / mkfs.xfs is installed. `why` says
 // why not.
@@ -167,22 +194,19 @@ struct reflink_place {
       dir = scratch.path();
       return;
     }
-    const fs::path image = scratch / "image", mnt = scratch / "mnt";
+    const fs::path mnt = scratch / "mnt";
     fs::create_directory(mnt);
     std::string mkfs;
     if (::access("/usr/sbin/mkfs.btrfs", X_OK) == 0 || ::access("/sbin/mkfs.btrfs", X_OK) == 0)
-      mkfs = "mkfs.btrfs -q " + image.string();
+      mkfs = "mkfs.btrfs -q";
     else if (::access("/usr/sbin/mkfs.xfs", X_OK) == 0 || ::access("/sbin/mkfs.xfs", X_OK) == 0)
-      mkfs = "mkfs.xfs -q -m reflink=1 " + image.string();
+      mkfs = "mkfs.xfs -q -m reflink=1";
     if (mkfs.empty()) {
       why = "/tmp does not share extents (ext4) and neither mkfs.btrfs nor mkfs.xfs is installed "
             "(scripts/install-deps would need btrfs-progs or xfsprogs)";
       return;
     }
-    const std::string make = "truncate -s 320M " + image.string() + " && PATH=$PATH:/sbin:/usr/sbin " +
-                             mkfs + " >/dev/null 2>&1 && mount -o loop " + image.string() + " " +
-                             mnt.string() + " 2>/dev/null";
-    if (std::system(make.c_str()) != 0) {
+    if (!loop_mount(scratch / "image", mnt, "320M", mkfs)) {
       why = "could not make and loop-mount a reflink file system image (" + mkfs + ")";
       return;
     }

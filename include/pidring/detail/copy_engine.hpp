@@ -43,6 +43,8 @@ inline constexpr std::uint64_t no_limit = std::numeric_limits<std::uint64_t>::ma
 inline constexpr std::uint64_t default_cfr_chunk = 8ull << 20;  // per copy_file_range call
 inline constexpr std::uint64_t default_rw_chunk = 256ull << 10; // per read/write (fits in L2)
 inline constexpr std::uint64_t max_rw_chunk = 64ull << 20;      // buffer bound per thread
+inline constexpr std::uint64_t min_preallocate = 1ull << 20;    // smaller files gain nothing
+inline constexpr long ext4_magic = 0xEF53;                      // also ext2 and ext3
 
 // The errors with which a method says "not here" on its first call; only these make `automatic`
 // try the next method.
@@ -110,6 +112,11 @@ struct data_outcome {
   copy_method method = copy_method::automatic;  // what did it, never automatic once done
   unsigned parallelism = 1;
   std::vector<extent> holes;      // inside [begin, end): left unwritten
+  std::uint64_t allocated_end = 0;  // blocks allocated ahead (preallocate) up to here
+
+  // Whether the file must be cut to `end` when the data is in: a trailing hole, or blocks
+  // allocated ahead past where the source turned out to end.
+  bool needs_truncate() const noexcept { return end != written_end || allocated_end > end; }
 
   // Folds a part in: its bytes, how far it wrote, an end of file it met, and its method when it
   // fell back to reads and writes.
@@ -244,6 +251,7 @@ struct data_copy {
     if (ctl.stopped()) throw_cancelled(*site);
     if (clone(pool)) return true;
     outcome.method = stream_method(pool);
+    preallocate();
     if (!lanes.empty()) return false;
     const data_outcome lane = copy_ranges(outcome.method, plan.data, pool, ctl);
     outcome.method = lane.method;
@@ -293,6 +301,27 @@ struct data_copy {
     if (asked || !method_unsupported(e)) site->say(e, "reflink", req.whole_file ? "FICLONE" : "FICLONERANGE");
     if (refused_by_file_systems(e)) pool.remember_refusal(req.from_dev, req.to_dev, copy_pool::no_reflink);
     return false;
+  }
+
+  // Allocates the blocks of a new file before its bytes are written, where that pays: ext4
+  // spends much of a buffered write reserving each block for delayed allocation (a buffer head,
+  // quota, the extent status tree); into blocks allocated ahead (unwritten extents, the size
+  // left as it is) the same writes are 1.1-1.35x faster from 1 MiB up, warm, and a few percent
+  // faster cold (docs/copy.md, "Preallocation"). Only a fresh whole file of at least 1 MiB
+  // with no holes and no zeros to skip (both would be filled), and only on ext4: tmpfs gains
+  // nothing (its fallocate fills the same pages), a network file system would pay a round trip,
+  // and a file system that clones has cloned already. A file system too full for the file says
+  // so here, before a byte is written; any other refusal (ext2: EOPNOTSUPP) means no
+  // preallocation. Whatever lies past where the source ends is cut off (needs_truncate).
+  void preallocate() {
+    if (!req.whole_file || req.zeros_as_holes || !plan.holes.empty() || plan.total < min_preallocate) return;
+    if (fs_magic(req.out) != ext4_magic) return;
+    if (::fallocate(req.out, FALLOC_FL_KEEP_SIZE, static_cast<off_t>(req.begin), static_cast<off_t>(plan.total)) == 0) {
+      outcome.allocated_end = req.begin + plan.total;
+      return;
+    }
+    const int err = errno;
+    if (err == ENOSPC || err == EDQUOT) site->fail(err, "write destination", "fallocate");
   }
 
   // zeros_as_holes: the block size whose zeros are not written, else 0.
@@ -579,7 +608,7 @@ struct file_copy final : data_copy_job {
   void finish(const work_control&) {
     const data_outcome& o = data.outcome;
     const int fd = dest.fd.get();
-    if (o.end != o.written_end && ::ftruncate(fd, static_cast<off_t>(o.end)) != 0)
+    if (o.needs_truncate() && ::ftruncate(fd, static_cast<off_t>(o.end)) != 0)
       site.say(errno, "truncate", "truncate destination");
     const bool owned = preserve_owner && give_owner(src.st_uid, src.st_gid, [fd](uid_t u, gid_t g) { return ::fchown(fd, u, g); });
     const mode_t mode = !preserve_mode ? (0666 & ~current_umask()) : (src.st_mode & (owned ? 07777 : 0777));

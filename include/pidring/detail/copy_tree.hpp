@@ -470,7 +470,7 @@ struct tree_copy {
     data.plan_lanes(1);  // a tree's parallelism is across its files
     data.copy_here(*pool, ctl);
     const data_outcome& o = data.outcome;
-    if (o.end != o.written_end && ::ftruncate(fd, static_cast<off_t>(o.end)) != 0) out_at.fail(errno, "truncate");
+    if (o.needs_truncate() && ::ftruncate(fd, static_cast<off_t>(o.end)) != 0) out_at.fail(errno, "truncate");
     set_file_metadata(in.get(), fd, st, beside, at, out_at);
     if (beside) publish(p, replace, out_at);
     // Holes count as done once the file is.
