@@ -123,6 +123,33 @@ std::chrono::nanoseconds delay_of(int run, int runs, std::chrono::nanoseconds ty
   return typical * 13 / 10 * (std::int64_t{1} << std::min(run - runs + 1, 10));
 }
 
+// One sweep: `attempt(token)` copies with the token of a stop that the stopper requests after
+// delay_of(...) and checks what a completed copy made; `on_cancel()` checks what an ECANCELED left;
+// `after()` checks and resets the place between runs. Both outcomes must have been seen.
+template <class Attempt, class OnCancel, class After>
+void stop_sweep(stopper& s, int runs, std::chrono::nanoseconds typical, Attempt attempt, OnCancel on_cancel,
+                After after) {
+  tally t;
+  for (int run = 0; more(run, runs, t); ++run) {
+    std::stop_source stop;
+    s.arm(stop, delay_of(run, runs, typical, t));
+    try {
+      attempt(stop.get_token());
+      ++t.completed;
+    } catch (const std::system_error& e) {
+      INFO(e.what());
+      REQUIRE(is_cancelled(e));
+      ++t.cancelled;
+      on_cancel();
+    }
+    s.wait();
+    after();
+  }
+  INFO(t.cancelled << " cancelled, " << t.completed << " completed; a copy takes about " << typical.count() << " ns");
+  CHECK(t.cancelled > 0);
+  CHECK(t.completed > 0);
+}
+
 }  // namespace copy_cancel_test
 
 using namespace copy_cancel_test;
@@ -155,31 +182,22 @@ TEST_CASE("copy_file: a stop from another thread at any instant ends in ECANCELE
       io.run(pidring::copy_file(io, dir / "src", dir / "warm", o));
       fs::remove(dir / "warm");
     });
-    tally t;
-    constexpr int runs = 600;
-    for (int run = 0; more(run, runs, t); ++run) {
-      std::stop_source stop;
-      const pidring::copy_options o = options(stop.get_token());
-      s.arm(stop, delay_of(run, runs, typical, t));
-      try {
-        io.run(pidring::copy_file(io, dir / "src", to, o));
-        ++t.completed;
-        REQUIRE(test_util::read_file(to) == data);
-      } catch (const std::system_error& e) {
-        INFO(e.what());
-        REQUIRE(is_cancelled(e));
-        ++t.cancelled;
-        if (variant == 2) REQUIRE(test_util::read_file(to) == "old");
-        else REQUIRE(!fs::exists(to));
-      }
-      s.wait();
-      REQUIRE(entries(dir.path()).size() == (variant != 2 && fs::exists(to) ? 3u : 2u));  // nothing hidden
-      if (variant == 2) test_util::write_file(to, "old");
-      else fs::remove(to);
-    }
-    INFO(t.cancelled << " cancelled, " << t.completed << " completed; a copy takes about " << typical.count() << " ns");
-    CHECK(t.cancelled > 0);
-    CHECK(t.completed > 0);
+    stop_sweep(
+        s, 600, typical,
+        [&](std::stop_token token) {
+          const pidring::copy_options o = options(std::move(token));
+          io.run(pidring::copy_file(io, dir / "src", to, o));
+          REQUIRE(test_util::read_file(to) == data);
+        },
+        [&] {
+          if (variant == 2) REQUIRE(test_util::read_file(to) == "old");
+          else REQUIRE(!fs::exists(to));
+        },
+        [&] {
+          REQUIRE(entries(dir.path()).size() == (variant != 2 && fs::exists(to) ? 3u : 2u));  // nothing hidden
+          if (variant == 2) test_util::write_file(to, "old");
+          else fs::remove(to);
+        });
   }
 }
 
@@ -195,31 +213,20 @@ TEST_CASE("copy_range: a stop from another thread at any instant ends in ECANCEL
   pidring::io_context io;
   stopper s;
   const auto typical = typical_time([&] { io.run(pidring::copy_range(io, in, out, 0, data.size())); });
-  tally t;
-  constexpr int runs = 600;
-  for (int run = 0; more(run, runs, t); ++run) {
-    REQUIRE(::ftruncate(out, 0) == 0);
-    std::stop_source stop;
-    pidring::copy_options o;
-    o.stop = stop.get_token();
-    o.chunk_size = 64 * 1024;
-    s.arm(stop, delay_of(run, runs, typical, t));
-    try {
-      const std::uint64_t n = io.run(pidring::copy_range(io, in, out, 0, data.size(), o));
-      ++t.completed;
-      REQUIRE(n == data.size());
-      REQUIRE(test_util::read_file(dir / "dst") == data);
-    } catch (const std::system_error& e) {
-      INFO(e.what());
-      REQUIRE(is_cancelled(e));
-      ++t.cancelled;
-    }
-    s.wait();
-  }
+  REQUIRE(::ftruncate(out, 0) == 0);
+  stop_sweep(
+      s, 600, typical,
+      [&](std::stop_token token) {
+        pidring::copy_options o;
+        o.stop = std::move(token);
+        o.chunk_size = 64 * 1024;
+        const std::uint64_t n = io.run(pidring::copy_range(io, in, out, 0, data.size(), o));
+        REQUIRE(n == data.size());
+        REQUIRE(test_util::read_file(dir / "dst") == data);
+      },
+      [] {}, [&] { REQUIRE(::ftruncate(out, 0) == 0); });
   ::close(in);
   ::close(out);
-  CHECK(t.cancelled > 0);
-  CHECK(t.completed > 0);
 }
 
 TEST_CASE("copy_tree: a stop from another thread at any instant ends in ECANCELED and no tree, or the whole tree",
@@ -244,32 +251,24 @@ TEST_CASE("copy_tree: a stop from another thread at any instant ends in ECANCELE
       io.run(pidring::copy_tree(io, dir / "src", dir / "warm", o));
       fs::remove_all(dir / "warm");
     });
-    tally t;
-    constexpr int runs = 400;
-    for (int run = 0; more(run, runs, t); ++run) {
-      std::stop_source stop;
-      const pidring::tree_options o = options(stop.get_token());
-      s.arm(stop, delay_of(run, runs, typical, t));
-      try {
-        const pidring::tree_result r = io.run(pidring::copy_tree(io, dir / "src", dir / "dst", o));
-        ++t.completed;
-        REQUIRE(r.files == 8);
-        REQUIRE(test_util::read_file(dir / "dst" / "a" / "b" / "f6") == pattern(20000, 6));
-        REQUIRE(fs::read_symlink(dir / "dst" / "link") == "a/f1");
-      } catch (const std::system_error& e) {
-        INFO(e.what());
-        REQUIRE(is_cancelled(e));
-        ++t.cancelled;
-        if (overwrite) REQUIRE(entries(dir / "dst") == std::vector<std::string>{"old"});
-        else REQUIRE(!fs::exists(dir / "dst"));
-      }
-      s.wait();
-      REQUIRE(entries(dir.path()).size() == (fs::exists(dir / "dst") ? 2u : 1u));
-      fs::remove_all(dir / "dst");
-      if (overwrite) fs::create_directories(dir / "dst" / "old");
-    }
-    CHECK(t.cancelled > 0);
-    CHECK(t.completed > 0);
+    stop_sweep(
+        s, 400, typical,
+        [&](std::stop_token token) {
+          const pidring::tree_options o = options(std::move(token));
+          const pidring::tree_result r = io.run(pidring::copy_tree(io, dir / "src", dir / "dst", o));
+          REQUIRE(r.files == 8);
+          REQUIRE(test_util::read_file(dir / "dst" / "a" / "b" / "f6") == pattern(20000, 6));
+          REQUIRE(fs::read_symlink(dir / "dst" / "link") == "a/f1");
+        },
+        [&] {
+          if (overwrite) REQUIRE(entries(dir / "dst") == std::vector<std::string>{"old"});
+          else REQUIRE(!fs::exists(dir / "dst"));
+        },
+        [&] {
+          REQUIRE(entries(dir.path()).size() == (fs::exists(dir / "dst") ? 2u : 1u));
+          fs::remove_all(dir / "dst");
+          if (overwrite) fs::create_directories(dir / "dst" / "old");
+        });
   }
 }
 
