@@ -574,7 +574,8 @@ def document(R, plots, notes, doc):
                  "copying rather than loading libstdc++ against loading libc. `shutil.copyfile` is timed "
                  "inside Python. Cold: `sync; echo 3 > /proc/sys/vm/drop_caches` before every run (tmpfs has "
                  "no cold case: its pages are the file). The memcpy ceiling is one memcpy between two "
-                 "resident buffers (at most 256 MiB, scaled). `reflink` is n/a where the file system has no "
+                 "resident buffers (at most 256 MiB, scaled; the median of 3, taken after the copiers' "
+                 "rounds, not among them: the memory it frees made the next copier's run slow). `reflink` is n/a where the file system has no "
                  "reflink (ext4, tmpfs). Figures are MiB/s and, in brackets, cp's time over the program's.\n")
         for key, cc in cp.items():
             res = cc["results"]
