@@ -358,20 +358,15 @@ class rank_feed {
       : tree_(std::move(tree)), threads_(threads), server_(server), progress_(std::move(progress)) {}
 
   bool next(work& w, const pd::work_control& ctl) {
-    const auto start = clock_type::now();
-    std::unique_lock lock(mutex_, std::try_to_lock);
-    bool waited = !lock.owns_lock();
-    if (waited) lock.lock();
+    std::lock_guard lock(mutex_);
     for (;;) {
       fill(ctl);
       if (!local_.empty()) {
         w = std::move(local_.front());
         local_.pop_front();
-        if (waited) wait_ns_ += std::chrono::duration_cast<std::chrono::nanoseconds>(clock_type::now() - start).count();
         return true;
       }
       if (ended_ || ctl.stopped()) return false;
-      waited = true;
     }
   }
 
@@ -381,29 +376,42 @@ class rank_feed {
     local_.clear();
   }
 
-  // Seconds a thread waited for work, on average.
-  double queue_wait() const { return static_cast<double>(wait_ns_) / 1e9 / std::max(threads_, 1u); }
+  // Seconds this rank had no work in hand (every thread waits then: the one that asks, the others
+  // for it): waiting for the walk to find some, and for the queue to hand over what it had.
+  double walk_wait() const { return walk_wait_; }
+  double queue_wait() const { return std::chrono::duration<double>(waited_).count() - walk_wait_; }
 
  private:
   // Mutex held. Rank 0: a batch when nothing is in hand (take_local waits while the walk may
-  // bring more). Another rank: a request once what is in hand is down to what the threads may
-  // take before the reply comes (one each, or half the last batch), and the reply, waited for
-  // only when nothing is in hand.
+  // bring more). Another rank: a request as soon as what is in hand is down to one batch (so one
+  // is nearly always on its way: with more ranks than cores a reply can take milliseconds, the
+  // time to copy a batch of small files), and the reply, waited for only when nothing is in hand.
   void fill(const pd::work_control& ctl) {
     std::vector<char> bytes;
+    const bool idle = local_.empty();
+    const auto start = clock_type::now();
+    double for_walk = 0;
     if (server_) {
-      if (!local_.empty() || ended_) return;
-      if (!server_->take_local(bytes, [&ctl] { return ctl.stopped(); })) {
+      if (!idle || ended_) return;
+      bool walked = false;
+      if (!server_->take_local(bytes, walked, [&ctl] { return ctl.stopped(); })) {
         ended_ = true;
         return;
       }
+      if (walked) for_walk = std::chrono::duration<double>(clock_type::now() - start).count();
     } else {
-      if (!client_.ended() && local_.size() <= std::max<std::size_t>(threads_, last_ / 2)) client_.ask(progress_());
-      if (!client_.reply(bytes, local_.empty())) return;
+      if (!client_.ended() && local_.size() <= std::max<std::size_t>(threads_, last_)) client_.ask(progress_());
+      if (!client_.reply(bytes, idle)) return;
       if (bytes.empty()) {
         ended_ = true;
         return;
       }
+      for_walk = client_.for_walk();
+    }
+    if (idle) {
+      const clock_type::duration d = clock_type::now() - start;
+      waited_ += d;
+      walk_wait_ += std::min(for_walk, std::chrono::duration<double>(d).count());
     }
     auto b = std::make_shared<batch>(tree_, bytes);
     last_ = b->units.size();
@@ -419,7 +427,8 @@ class rank_feed {
   std::deque<work> local_;  // mutex
   std::size_t last_ = 0;    // mutex: the last batch's units
   bool ended_ = false;      // mutex
-  std::atomic<std::int64_t> wait_ns_{0};
+  clock_type::duration waited_{};  // mutex
+  double walk_wait_ = 0;           // mutex
 };
 
 // On-error and -v reports of a merging copy (this rank's), in pcp's words.
@@ -690,6 +699,7 @@ pidring::task<void> spread_tree(pidring::io_context& io, const item& it, job& j,
   mine.errors = tree->errors.load() + t->failed.load();
   mine.seconds = std::chrono::duration<double>(clock_type::now() - start).count();
   mine.queue_wait = feed->queue_wait();
+  mine.walk_wait = feed->walk_wait();
 
   if (w.rank != 0) {
     spread::send_done(mine);
@@ -716,6 +726,7 @@ pidring::task<void> spread_tree(pidring::io_context& io, const item& it, job& j,
     ranks[0].errors = mine.errors;
     ranks[0].seconds = mine.seconds;
     ranks[0].queue_wait = mine.queue_wait;
+    ranks[0].walk_wait = mine.walk_wait;
     sum.batches += server->batches();
     sum.walk_seconds += server->walk_end();
     const bool first_tree = sum.trees++ == 0;
@@ -762,6 +773,7 @@ pidring::task<void> spread_tree(pidring::io_context& io, const item& it, job& j,
       sum.ranks[r].errors += ranks[r].errors;
       sum.ranks[r].seconds += ranks[r].seconds;
       sum.ranks[r].queue_wait += ranks[r].queue_wait;
+      sum.ranks[r].walk_wait += ranks[r].walk_wait;
       if (first_tree) {
         sum.ranks[r].first_file = ranks[r].first_file;
         sum.ranks[r].end = ranks[r].end;
@@ -803,7 +815,8 @@ pidring::task<void> copy_all(pidring::io_context& io, const std::vector<item>& i
 }
 
 // --report: the job's totals and each rank's files, bytes and seconds, as JSON; with how the
-// queue served them (time waiting for work, when their ends came), and for the first tree, when
+// queue served them (time with no work in hand: waiting for the walk to find some, and for the
+// queue to hand it over; when their ends came), and for the first tree, when
 // rank 0's walk ended and when each rank had copied its first file (rank 0's clock, from the
 // tree's start: a first file before the walk's end is a copy that overlapped it).
 bool write_report(const std::string& path, const totals& sum, double seconds, int status) {
@@ -824,9 +837,10 @@ bool write_report(const std::string& path, const totals& sum, double seconds, in
     const spread::rank_result& x = sum.ranks[r];
     std::fprintf(f,
                  "    {\"rank\": %zu, \"files\": %llu, \"bytes\": %llu, \"errors\": %llu, \"seconds\": %.6f, "
-                 "\"queue_wait_seconds\": %.6f, \"first_file_seconds\": %.6f, \"end_seconds\": %.6f}%s\n",
+                 "\"walk_wait_seconds\": %.6f, \"queue_wait_seconds\": %.6f, \"first_file_seconds\": %.6f, "
+                 "\"end_seconds\": %.6f}%s\n",
                  r, static_cast<unsigned long long>(x.files), static_cast<unsigned long long>(x.bytes),
-                 static_cast<unsigned long long>(x.errors), x.seconds, x.queue_wait, x.first_file, x.end,
+                 static_cast<unsigned long long>(x.errors), x.seconds, x.walk_wait, x.queue_wait, x.first_file, x.end,
                  r + 1 < sum.ranks.size() ? "," : "");
   }
   std::fputs("  ]\n}\n", f);

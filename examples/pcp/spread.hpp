@@ -40,12 +40,12 @@ enum tag : int { request_tag = 1, batch_tag = 2, done_tag = 3 };
 // A rank's state, as it reports it.
 enum class state : std::uint64_t { ok = 0, failed = 1, stopped = 2 };
 
-// Sleeps a little: the wait between two tests of a pending MPI operation.
+// The wait between two tests of a pending MPI operation: 20 us at first (a reply from a rank
+// that is awake), up to 1 ms (a rank busy copying).
+inline long pause_ns(unsigned& round) { return std::min<long>(20'000L << std::min(round++, 6u), 1'000'000L); }
+
 inline void pause(unsigned& round) {
-  // 20 us at first (a reply from a rank that is awake), up to 1 ms (a rank busy copying).
-  const long ns = std::min<long>(20'000L << std::min(round, 6u), 1'000'000L);
-  ++round;
-  timespec t{0, ns};
+  timespec t{0, pause_ns(round)};
   ::nanosleep(&t, nullptr);
 }
 
@@ -129,7 +129,9 @@ struct rank_result {
   state how = state::ok;
   std::uint64_t files = 0, bytes = 0, errors = 0;
   double seconds = 0;     // from the tree's start (rank 0's word that it is being built) to its end
-  double queue_wait = 0;  // per thread: time waiting for the queue with no work in hand
+  // Time with no work in hand: waiting for the walk to find some (the queue was empty), and
+  // waiting for the queue to hand over what it had.
+  double walk_wait = 0, queue_wait = 0;
   // On rank 0's clock, seconds from the tree's start: when rank 0 first knew that the rank had
   // copied a file (its first request saying so: a bound of its first file's end; -1: never),
   // and when its end came.
@@ -164,7 +166,8 @@ class queue_server {
   queue_server(int ranks, unsigned threads, bool all_or_nothing)
       : ranks_(ranks), threads_(std::max(threads, 1u)), all_or_nothing_(all_or_nothing),
         first_(static_cast<std::size_t>(ranks)), asked_(static_cast<std::size_t>(ranks)),
-        pending_(static_cast<std::size_t>(ranks)), results_(static_cast<std::size_t>(ranks)),
+        pending_(static_cast<std::size_t>(ranks)), held_(static_cast<std::size_t>(ranks)),
+        asked_at_(static_cast<std::size_t>(ranks)), results_(static_cast<std::size_t>(ranks)),
         progress_(static_cast<std::size_t>(ranks)) {}
 
   // The walk's thread: units found.
@@ -176,11 +179,13 @@ class queue_server {
         heap_.push_back(held{u.size, seq_++, std::move(u.bytes)});
         std::push_heap(heap_.begin(), heap_.end(), later);
       }
-      // Each other rank's first batch is set aside as soon as there is work, so that a rank that
-      // starts late (ranks outnumbering cores) still gets a share of a tree that rank 0 could
-      // copy alone meanwhile.
+      // A batch is set aside for each other rank that waits for one, or has not asked yet, as soon
+      // as there is work: rank 0's threads take theirs without a round trip and would otherwise
+      // take all that the walk finds while the requests wait for the serving thread, and a rank
+      // that starts late (ranks outnumbering cores) still gets a share of a tree that rank 0
+      // could copy alone meanwhile.
       for (std::size_t r = 1; r < first_.size(); ++r)
-        if (!asked_[r] && first_[r].empty()) first_[r] = take_units();
+        if ((!asked_[r] || pending_[r]) && first_[r].empty()) first_[r] = take_units();
     }
     more_.notify_all();
   }
@@ -197,10 +202,11 @@ class queue_server {
   double walk_end() const { return walk_end_; }
 
   // Rank 0's own threads: the next batch (records one after another) in `batch`; waits while the
-  // queue is empty and the walk may add to it. false: no more work (or `stopped`).
-  bool take_local(std::vector<char>& batch, const std::function<bool()>& stopped) {
+  // queue is empty and the walk may add to it (`for_walk`: whether it did). false: no more work
+  // (or `stopped`).
+  bool take_local(std::vector<char>& batch, bool& for_walk, const std::function<bool()>& stopped) {
     std::unique_lock lock(mutex_);
-    for (;;) {
+    for (for_walk = false;; for_walk = true) {
       if (abandoned_) return false;
       if (!heap_.empty()) {
         batch = join(take_units());
@@ -241,13 +247,18 @@ class queue_server {
     unsigned round = 0;
     auto last_tick = std::chrono::steady_clock::now();
     for (;;) {
+      const bool all_sent = sent();
       {
         std::lock_guard lock(mutex_);
-        if (done == ranks_ - 1 && local_done_) break;
+        if (done == ranks_ - 1 && local_done_ && all_sent) break;
       }
       if (stopped()) abandon();
+      bool waiting = false;  // a request waits for the walk
       for (int r = 1; r < ranks_; ++r)
-        if (pending_[static_cast<std::size_t>(r)] && answer(r)) round = 0;
+        if (pending_[static_cast<std::size_t>(r)]) {
+          if (answer(r)) round = 0;
+          else waiting = true;
+        }
       int flag = 0;
       MPI_Status st;
       MPI_Iprobe(MPI_ANY_SOURCE, MPI_ANY_TAG, MPI_COMM_WORLD, &flag, &st);
@@ -255,6 +266,11 @@ class queue_server {
       if (now - last_tick >= std::chrono::milliseconds(100)) {
         last_tick = now;
         tick(progress_);
+      }
+      if (!flag && waiting) {  // woken as soon as the walk adds to the queue
+        std::unique_lock lock(mutex_);
+        more_.wait_for(lock, std::chrono::nanoseconds(pause_ns(round)));
+        continue;
       }
       if (!flag) {
         pause(round);
@@ -272,9 +288,10 @@ class queue_server {
         if (q.how != 0 && (all_or_nothing_ || q.how == static_cast<std::uint64_t>(state::stopped))) abandoned_ = true;
         asked_[r] = true;
         pending_[r] = true;
+        asked_at_[r] = std::chrono::steady_clock::now();
       } else {
-        std::uint64_t d[6];
-        MPI_Recv(d, 6, MPI_UINT64_T, from, done_tag, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+        std::uint64_t d[7];
+        MPI_Recv(d, 7, MPI_UINT64_T, from, done_tag, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
         std::lock_guard lock(mutex_);
         rank_result& res = results_[r];
         res.how = static_cast<state>(d[0]);
@@ -282,7 +299,8 @@ class queue_server {
         res.bytes = d[2];
         res.errors = d[3];
         std::memcpy(&res.seconds, &d[4], sizeof res.seconds);
-        std::memcpy(&res.queue_wait, &d[5], sizeof res.queue_wait);
+        std::memcpy(&res.walk_wait, &d[5], sizeof res.walk_wait);
+        std::memcpy(&res.queue_wait, &d[6], sizeof res.queue_wait);
         res.end = since(start_);
         progress_[r] = request{d[0], d[1], d[2]};
         if (res.how == state::stopped || (res.how != state::ok && all_or_nothing_)) abandoned_ = true;
@@ -317,15 +335,40 @@ class queue_server {
       std::lock_guard lock(mutex_);
       std::vector<held> units = std::move(first_[k]);
       first_[k].clear();
-      if (abandoned_) units.clear();
-      else if (units.empty() && heap_.empty() && walking_) return false;  // wait for the walk
-      else if (units.empty()) units = take_units();
-      batch = join(units);
+      if (abandoned_) {
+        units.clear();
+      } else if (units.empty() && heap_.empty() && walking_) {
+        held_[k] = true;  // wait for the walk
+        return false;
+      } else if (units.empty()) {
+        units = take_units();
+      }
+      // First, how long the request waited for the walk to find something (seconds, a double).
+      const double for_walk = held_[k] ? since(asked_at_[k]) : 0.0;
+      batch.resize(sizeof for_walk);
+      std::memcpy(batch.data(), &for_walk, sizeof for_walk);
+      const std::vector<char> records = join(units);
+      batch.insert(batch.end(), records.begin(), records.end());
       pending_[k] = false;
+      held_[k] = false;
     }
-    MPI_Send(batch.data(), static_cast<int>(batch.size()), MPI_CHAR, r, batch_tag, MPI_COMM_WORLD);
+    // Sent without waiting for the rank to take it: a big batch moves through shared memory in
+    // fragments, as both sides make progress, and other requests must not wait for it.
+    sending_.push_back(outgoing{MPI_REQUEST_NULL, std::move(batch)});
+    outgoing& o = sending_.back();
+    MPI_Isend(o.bytes.data(), static_cast<int>(o.bytes.size()), MPI_CHAR, r, batch_tag, MPI_COMM_WORLD, &o.request);
     ++batches_;
     return true;
+  }
+
+  // Sends that have completed are let go. Whether none is left.
+  bool sent() {
+    for (auto it = sending_.begin(); it != sending_.end();) {
+      int done = 0;
+      MPI_Test(&it->request, &done, MPI_STATUS_IGNORE);
+      it = done ? sending_.erase(it) : it + 1;
+    }
+    return sending_.empty();
   }
 
   static std::vector<char> join(const std::vector<held>& units) {
@@ -348,11 +391,15 @@ class queue_server {
   }
 
   // A share of what is known to be left: 1 / (2 x the threads of every rank) of its units and of
-  // its bytes, whichever is reached first, at least one unit (guided self-scheduling). Mutex held.
+  // its bytes, whichever is reached first, at least one unit (guided self-scheduling). While the
+  // walk goes on, what is known is only what it found so far, far from the end: a thread's share
+  // of it, 1 / (the threads of every rank): the guided batches of a few files each would cost a
+  // round trip every few files then.
+  // Mutex held.
   std::vector<held> take_units() {
     std::vector<held> batch;
     if (abandoned_) return batch;
-    const std::uint64_t parts = 2ull * static_cast<std::uint64_t>(ranks_) * threads_;
+    const std::uint64_t parts = (walking_ ? 1ull : 2ull) * static_cast<std::uint64_t>(ranks_) * threads_;
     const std::uint64_t max_units = std::max<std::uint64_t>(heap_.size() / parts, 1);
     const std::uint64_t max_bytes = std::max<std::uint64_t>(bytes_left_ / parts, 1);
     std::uint64_t bytes = 0;
@@ -377,12 +424,19 @@ class queue_server {
   std::uint64_t seq_ = 0, bytes_left_ = 0;
   bool walking_ = true, abandoned_ = false, local_done_ = false;
   double walk_end_ = 0;
-  std::vector<std::vector<held>> first_;  // by rank: its first batch, until it asks
+  std::vector<std::vector<held>> first_;  // by rank: its next batch, set aside until it asks
   std::vector<char> asked_;               // by rank: it has asked
-  std::vector<char> pending_;             // by rank: its request waits for the walk
+  std::vector<char> pending_;             // by rank: its request waits for an answer
+  std::vector<char> held_;                // by rank: ... because the walk has found nothing yet
+  std::vector<std::chrono::steady_clock::time_point> asked_at_;
   std::vector<rank_result> results_;
   std::atomic<bool> served_{false};
   // serving thread only:
+  struct outgoing {
+    MPI_Request request;
+    std::vector<char> bytes;
+  };
+  std::deque<outgoing> sending_;  // batches on their way
   std::vector<request> progress_;
   std::uint64_t batches_ = 0;
 };
@@ -403,38 +457,59 @@ class queue_client {
     in_flight_ = true;
   }
   // The reply to the request in flight, if it has come (with `wait`, once it comes): true with
-  // the batch's records in `batch` (none: no more work, ended() from now on).
+  // the batch's records in `batch` (none: no more work, ended() from now on). A big batch moves
+  // in fragments as both sides make progress, that is, during MPI calls: it is received without
+  // waiting (MPI_Imrecv), and each later call here moves it on while the threads still copy.
   bool reply(std::vector<char>& batch, bool wait) {
     if (!in_flight_) return false;
-    MPI_Status st;
     unsigned round = 0;
-    for (int flag = 0;;) {
-      MPI_Iprobe(0, batch_tag, MPI_COMM_WORLD, &flag, &st);
-      if (flag) break;
+    if (!receiving_) {
+      MPI_Message m;
+      MPI_Status st;
+      for (int flag = 0;;) {
+        MPI_Improbe(0, batch_tag, MPI_COMM_WORLD, &flag, &m, &st);
+        if (flag) break;
+        if (!wait) return false;
+        pause(round);
+      }
+      int count = 0;
+      MPI_Get_count(&st, MPI_CHAR, &count);
+      incoming_.resize(static_cast<std::size_t>(count));
+      MPI_Imrecv(incoming_.data(), count, MPI_CHAR, &m, &receive_);
+      receiving_ = true;
+    }
+    for (int done = 0;;) {
+      MPI_Test(&receive_, &done, MPI_STATUS_IGNORE);
+      if (done) break;
       if (!wait) return false;
+      round = 0;  // data is moving: test again soon
       pause(round);
     }
-    int count = 0;
-    MPI_Get_count(&st, MPI_CHAR, &count);
-    batch.resize(static_cast<std::size_t>(count));
-    MPI_Recv(batch.data(), count, MPI_CHAR, 0, batch_tag, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
-    in_flight_ = false;
+    receiving_ = in_flight_ = false;
+    std::memcpy(&for_walk_, incoming_.data(), sizeof for_walk_);
+    batch.assign(incoming_.begin() + sizeof for_walk_, incoming_.end());
     if (batch.empty()) ended_ = true;
     return true;
   }
+  // How long the last reply's request waited on rank 0 for the walk to find something.
+  double for_walk() const { return for_walk_; }
   bool ended() const { return ended_; }
 
  private:
-  bool in_flight_ = false, ended_ = false;
+  bool in_flight_ = false, receiving_ = false, ended_ = false;
+  MPI_Request receive_ = MPI_REQUEST_NULL;
+  std::vector<char> incoming_;
+  double for_walk_ = 0;
 };
 
 // Tells rank 0 that this rank is done.
 inline void send_done(const rank_result& r) {
-  std::uint64_t d[6] = {static_cast<std::uint64_t>(r.how), r.files, r.bytes, r.errors, 0, 0};
+  std::uint64_t d[7] = {static_cast<std::uint64_t>(r.how), r.files, r.bytes, r.errors, 0, 0, 0};
   std::memcpy(&d[4], &r.seconds, sizeof r.seconds);
-  std::memcpy(&d[5], &r.queue_wait, sizeof r.queue_wait);
+  std::memcpy(&d[5], &r.walk_wait, sizeof r.walk_wait);
+  std::memcpy(&d[6], &r.queue_wait, sizeof r.queue_wait);
   MPI_Request q;
-  MPI_Isend(d, 6, MPI_UINT64_T, 0, done_tag, MPI_COMM_WORLD, &q);
+  MPI_Isend(d, 7, MPI_UINT64_T, 0, done_tag, MPI_COMM_WORLD, &q);
   wait(q);
 }
 
