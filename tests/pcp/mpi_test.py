@@ -15,7 +15,8 @@ files, then:
     rank 0 removes its hidden tree; kills rank 0: the next copy to the same place removes the
     hidden tree the dead job left;
   - sends SIGINT to mpirun mid-copy with --atomic: every rank stops, nothing is left;
-  - a usage error is said once, in pcp's words, and ends every rank.
+  - a usage error is said once, in pcp's words, and ends every rank; mpirun -q leaves only pcp-mpi's
+    message of a failing copy.
 After each case no pcp-mpi process of ours is left running.
 
 Usage: mpi_test.py PATH-TO-PCP-MPI [CASE-NAME-SUBSTRING]
@@ -144,8 +145,8 @@ def ours_running():
     return left
 
 
-def run(n, args, cwd, timeout=60, preexec=None):
-    return subprocess.run(mpirun(n) + [PCP_MPI] + args, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+def run(n, args, cwd, timeout=60, preexec=None, mpirun_args=()):
+    return subprocess.run(mpirun(n) + list(mpirun_args) + [PCP_MPI] + args, cwd=cwd, capture_output=True, text=True, timeout=timeout,
                           env=env(), stdin=subprocess.DEVNULL, preexec_fn=preexec)
 
 
@@ -454,6 +455,13 @@ def case_usage_error_is_said_once(base):
     check(r.stderr.count(want) == 1, "stderr %r is not one %r" % (r.stderr[-2000:], want))
     r = run(2, ["--help"], base)
     check(r.returncode == 0 and r.stdout.count("--report=FILE") == 1, "--help: %d %r" % (r.returncode, r.stdout))
+    # A failing copy: mpirun adds its own note, which -q (as pcp-mpi(1) says) leaves out.
+    missing = os.path.join(base, "missing")
+    want = "pcp-mpi: cannot stat '%s': No such file or directory\n" % missing
+    r = run(2, ["-r", missing, os.path.join(base, "dst")], base)
+    check(r.returncode == 1 and want in r.stderr and "non-zero" in r.stderr, "without -q: %d %r" % (r.returncode, r.stderr))
+    r = run(2, ["-r", missing, os.path.join(base, "dst")], base, mpirun_args=["-q"])
+    check(r.returncode == 1 and r.stderr == want, "mpirun -q: %d %r" % (r.returncode, r.stderr))
 
 
 CASES = [case_copies_equal_the_source, case_ranks_copy_while_rank_0_walks, case_big_files_in_pieces_over_ranks, case_atomic_failure_as_nobody_leaves_nothing,
