@@ -3,10 +3,12 @@
 //
 //   mpirun -n N pcp-mpi [OPTION]... [--report=FILE] SOURCE... DEST
 //
-// pcp's options, operands and messages (pcp/cli.hpp). A tree is walked on rank 0, which makes its
-// directories, links and special files (under a hidden name with --atomic) and sends the walk to
-// every rank; then every rank copies files with pidring's tree copy on its own pool, taking them
-// largest first from a queue that rank 0 serves (pcp/spread.hpp). Rank 0 then makes the hard
+// pcp's options, operands and messages (pcp/cli.hpp). A tree is walked on rank 0 one directory at
+// a time, which makes its directories, links and special files (under a hidden name with
+// --atomic) as it goes and puts its files in a queue that it serves (pcp/spread.hpp); meanwhile
+// every rank copies files with pidring's tree copy on its own pool, taking them largest first
+// (among those found so far) in batches whose records say how to reach each file safely without
+// the rest of the walk. Rank 0 then makes the hard
 // links (every file they link to exists by then), sets the directories' modes and times and,
 // with --atomic, renames the tree into place: only after every rank said it succeeded. A failure
 // on any rank, a stop on any rank or a rank that dies leaves nothing at DEST (MPI ends the whole
