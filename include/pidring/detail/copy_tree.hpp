@@ -698,7 +698,7 @@ struct tree_copy {
       if (copy_hooks_on && dir_index != 0) copy_hook_point("tree-dir", tree_path(entries, dir_index));
       if (ctl.stopped()) throw_cancelled(site);
       unique_fd dir;
-      const std::size_t first = entries.size();
+      const std::size_t listed_from = entries.size();
       try {
         dir = dir_index == 0 ? unique_fd(::fcntl(source->root()->get(), F_DUPFD_CLOEXEC, 0)) : open_listed_dir(dir_index);
         if (!dir) site.say(errno, "read directory", "dup the source");
@@ -710,7 +710,7 @@ struct tree_copy {
       }
       if (preserve_xattrs) dir_xattrs.emplace_back(dir_index, read_xattrs(dir.get(), entry_site(dir_index, false)));
       if (dir_index != 0) source->put(dir_index, std::move(dir));
-      if (listed) listed(dir_index, first, entries.size());
+      if (listed) listed(dir_index, listed_from, entries.size());
     }
     std::sort(dir_xattrs.begin(), dir_xattrs.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
     // Hard links: every name of an inode after the first becomes a link to the first.
