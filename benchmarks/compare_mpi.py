@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """pcp-mpi with 1, 2 and 4 ranks against pcp -r and cp -r on compare.py's two trees.
 
-    benchmarks/compare_mpi.py [--build DIR] [--rounds N] [--dir DIR] [--idle-load L] [--json FILE]
+    benchmarks/compare_mpi.py [--build DIR] [--before DIR] [--rounds N] [--dir DIR] [--idle-load L] [--json FILE]
 
 The trees are compare.py's (4,000 files of 256 B-128 KiB in 20 directories; 20,000 files of
 0-64 KiB in 400 directories), made once and kept in --dir. Every target copies the tree into a
@@ -18,6 +18,13 @@ launch alone (`mpirun -n N true`) and the copy as the ranks timed it (--report's
 0's walk included) are printed beside them.
 
 BUILD holds examples/pcp (or pcp) and pcp-mpi: the release preset's build/release by default.
+--before DIR adds another build's pcp-mpi (an earlier commit's, say) to the same rounds, as
+"pcp-mpi before -n N": a change measured against what it replaces, interleaved.
+
+Beside each pcp-mpi row, from --report (medians): the copy as the ranks timed it and rank 0's
+walk; the files per rank; the batches; how far apart the ranks ended; and the time a rank had no
+work in hand, summed over the ranks: waiting for the walk to find some, and waiting for the
+queue to hand over what it had (builds that report them).
 """
 import argparse
 import json
@@ -50,6 +57,7 @@ def wait_idle(limit, timeout):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--build", default=os.path.join(os.path.dirname(HERE), "build", "release"))
+    ap.add_argument("--before", help="another build directory whose pcp-mpi runs in the same rounds")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--dir", default=os.path.join(os.path.dirname(HERE), "build", "bench-data"))
     ap.add_argument("--ranks", default="1,2,4")
@@ -81,7 +89,7 @@ def main():
             os.makedirs(out, exist_ok=True)
             count = [0]
             last = []
-            reports = {n: [] for n in ranks}
+            reports = {}
 
             def fresh():
                 count[0] += 1
@@ -114,10 +122,16 @@ def main():
 
             targets = [("cp -r", timed(lambda d: ["cp", "-r", src, d])),
                        ("pcp -r", timed(lambda d: [pcp, "--no-progress", "-r", src, d]))]
+            builds = [("pcp-mpi", pcp_mpi)]
+            if a.before:
+                builds.append(("pcp-mpi before", os.path.join(a.before, "pcp-mpi")))
             for n in ranks:
-                targets.append(("pcp-mpi -n %d" % n, timed(
-                    lambda d, n=n: MPIRUN + ["-n", str(n), pcp_mpi, "--no-progress", "-r", "--report", d + ".json", src, d],
-                    reports[n])))
+                for name, binary in builds:
+                    reports[(name, n)] = []
+                    targets.append(("%s -n %d" % (name, n), timed(
+                        lambda d, n=n, binary=binary: MPIRUN + ["-n", str(n), binary, "--no-progress", "-r", "--report", d + ".json",
+                                                               src, d],
+                        reports[(name, n)])))
                 targets.append(("mpirun -n %d true" % n, timed(lambda d, n=n: MPIRUN + ["-n", str(n), "true"])))
             print("%s (copies on %s)" % (label, "a journaled ext4 on a loop device" if loop else where), flush=True)
             samples = {t: [] for t, _ in targets}
@@ -140,20 +154,27 @@ def main():
                 extra = ""
                 if t.startswith("pcp-mpi"):
                     n = int(t.split()[-1])
-                    reps = reports[n][-a.rounds:]
+                    reps = reports[(t.rsplit(" -n", 1)[0], n)][-a.rounds:]
                     copy = statistics.median(x["seconds"] for x in reps)
                     walk = statistics.median(x["walk_seconds"] for x in reps)
                     shares = [statistics.median(x["per_rank"][k]["files"] for x in reps) for k in range(n)]
                     batches = statistics.median(x["queue_batches"] for x in reps)
-                    # How far apart the ranks ended: the last rank's copy seconds minus the first's.
-                    spread = statistics.median(max(p["seconds"] for p in x["per_rank"]) - min(p["seconds"] for p in x["per_rank"])
-                                               for x in reps)
-                    extra = "%.3f (walk %.3f); %s; %d batches; ranks end %.3f s apart" % (
-                        copy, walk, "/".join("%d" % s for s in shares), batches, spread)
+                    # How far apart the ranks ended: rank 0's clock where the report has it, else the
+                    # last rank's copy seconds minus the first's.
+                    spread = statistics.median(
+                        x["end_spread_seconds"] if "end_spread_seconds" in x
+                        else max(p["seconds"] for p in x["per_rank"]) - min(p["seconds"] for p in x["per_rank"]) for x in reps)
+                    idle = ""
+                    if "walk_wait_seconds" in reps[0]["per_rank"][0]:
+                        walk_wait = statistics.median(sum(p["walk_wait_seconds"] for p in x["per_rank"]) for x in reps)
+                        queue_wait = statistics.median(sum(p["queue_wait_seconds"] for p in x["per_rank"]) for x in reps)
+                        idle = "; idle %.3f for the walk + %.3f for the queue" % (walk_wait, queue_wait)
+                    extra = "%.3f (walk %.3f); %s; %d batches; ranks end %.3f s apart%s" % (
+                        copy, walk, "/".join("%d" % s for s in shares), batches, spread, idle)
                     med[t + " (copy)"] = copy
                 print("  %-20s %9.3f %8.2fx  %s" % (t, med[t], cp / med[t], extra), flush=True)
             results[label] = {"files": nfiles, "median": med, "samples": samples, "loads": loads,
-                              "reports": {n: reports[n] for n in ranks}}
+                              "reports": {"%s -n %d" % k: v for k, v in reports.items()}}
             shutil.rmtree(out, ignore_errors=True)
             if loop:
                 shutil.rmtree(src, ignore_errors=True)

@@ -22,6 +22,7 @@
 #include <cstring>
 #include <filesystem>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <set>
 #include <string>
@@ -563,4 +564,70 @@ TEST_CASE("copy_tree: merging, on_copied names the top directory first when it i
   told.clear();
   copy_tree(dir / "src", dir / "dst", o);  // everything there: only the file is copied again
   CHECK(told == std::vector<std::string>{"src/sub/f -> dst/sub/f"});
+}
+
+namespace {
+
+// The steps of a tree copy in its incremental form (pcp-mpi's), run on the pool: the top made
+// first, the walk telling each directory's new entries, then the files, finish and the rename.
+pidring::task<void> copy_in_steps(pidring::io_context& io, std::shared_ptr<pidring::detail::tree_copy> t,
+                                  std::vector<std::string>& told, std::vector<std::string>& missing,
+                                  std::vector<std::string>& links) {
+  namespace pd = pidring::detail;
+  auto steps = [t, &told, &missing, &links](const pd::work_control& ctl) {
+    struct stat top {};
+    pd::unique_fd root = t->begin_walk(top);
+    t->walk_and_make(std::move(root), top, ctl, [&](std::size_t first, std::size_t end) {
+      for (std::size_t i = first; i < end; ++i) {
+        const pd::tree_entry& e = t->entries[i];
+        const std::string path = pd::tree_path(t->entries, i);
+        told.push_back(path);
+        if (e.is_link()) links.push_back(path + " -> " + pd::tree_path(t->entries, e.link_to));
+        // Directories and symbolic links are made by the time they are told; files' directories too.
+        struct stat st {};
+        const std::string made = S_ISREG(e.mode) ? pd::tree_path(t->entries, e.parent) : path;
+        if (!made.empty() && ::fstatat(t->made->root()->get(), made.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0)
+          missing.push_back(made);
+      }
+    });
+    for (std::size_t i : t->file_order) t->copy_file(i, ctl);
+    t->finish(ctl);
+    t->put_in_place(ctl);
+  };
+  auto done = pd::on_pool(pidring::detail::copy_pool::of(io, "test"), t->site, std::move(steps));
+  co_await done;
+}
+
+}  // namespace
+
+TEST_CASE("copy_tree (detail): the walk in steps makes each directory's entries as soon as it lists them",
+          "[copy_tree]") {
+  namespace pd = pidring::detail;
+  test_util::temp_dir dir{"pidring-walk-steps"};
+  const fs::path src = dir.path() / "src", dst = dir.path() / "dst";
+  fs::create_directories(src / "a" / "b" / "c");
+  fs::create_directories(src / "empty");
+  test_util::write_file(src / "a" / "x", "x data");
+  test_util::write_file(src / "a" / "b" / "c" / "y", "y data");
+  fs::create_hard_link(src / "a" / "x", src / "a" / "b" / "hard");
+  fs::create_directory_symlink("a/b", src / "to-b");
+  pidring::io_context io;
+  auto t = std::make_shared<pd::tree_copy>();
+  t->site = pd::error_site{"copy_tree", src.string(), dst.string(), {}};
+  t->from = src;
+  t->to = dst;
+  t->links = pidring::tree_links::copy;
+  t->pool = &pd::copy_pool::of(io, "test");
+  std::vector<std::string> told, missing, links;
+  io.run(copy_in_steps(io, t, told, missing, links));
+  std::sort(told.begin(), told.end());
+  CHECK(told == std::vector<std::string>{"a", "a/b", "a/b/c", "a/b/c/y", "a/b/hard", "a/x", "empty", "to-b"});
+  CHECK(missing.empty());
+  // The walk lists "a" before "a/b": the name in "a" is the inode's first, and the later one a link to it.
+  CHECK(links == std::vector<std::string>{"a/b/hard -> a/x"});
+  CHECK(test_util::read_file(dst / "a" / "b" / "c" / "y") == "y data");
+  CHECK(fs::equivalent(dst / "a" / "x", dst / "a" / "b" / "hard"));
+  CHECK(fs::read_symlink(dst / "to-b") == "a/b");
+  CHECK(fs::is_directory(dst / "empty"));
+  CHECK(t->state[0] == pd::entry_state::made);
 }

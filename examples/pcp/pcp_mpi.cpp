@@ -3,10 +3,12 @@
 //
 //   mpirun -n N pcp-mpi [OPTION]... [--report=FILE] SOURCE... DEST
 //
-// pcp's options, operands and messages (pcp/cli.hpp). A tree is walked on rank 0, which makes its
-// directories, links and special files (under a hidden name with --atomic) and sends the walk to
-// every rank; then every rank copies files with pidring's tree copy on its own pool, taking them
-// largest first from a queue that rank 0 serves (pcp/spread.hpp). Rank 0 then makes the hard
+// pcp's options, operands and messages (pcp/cli.hpp). A tree is walked on rank 0 one directory at
+// a time, which makes its directories, links and special files (under a hidden name with
+// --atomic) as it goes and puts its files in a queue that it serves (pcp/spread.hpp); meanwhile
+// every rank copies files with pidring's tree copy on its own pool, taking them largest first
+// (among those found so far) in batches whose records say how to reach each file safely without
+// the rest of the walk. Rank 0 then makes the hard
 // links (every file they link to exists by then), sets the directories' modes and times and,
 // with --atomic, renames the tree into place: only after every rank said it succeeded. A failure
 // on any rank, a stop on any rank or a rank that dies leaves nothing at DEST (MPI ends the whole
@@ -30,8 +32,12 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <deque>
 #include <exception>
+#include <functional>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -68,7 +74,12 @@ struct totals {
   spread::rank_result mine;
   std::vector<spread::rank_result> ranks;  // rank 0 only
   std::uint64_t batches = 0;               // queue messages answered (rank 0)
-  double walk_seconds = 0;                 // rank 0's walks and skeletons
+  double walk_seconds = 0;                 // rank 0's checks and walks
+  double end_spread = 0;                   // how far apart the ranks ended, summed over the trees
+  // The first tree's: when its walk ended, from its start (each rank's first file and end are
+  // in `ranks`, on the same clock).
+  double walk_end = 0;
+  unsigned trees = 0;
 };
 
 unsigned threads_per_rank(const settings& s) {
@@ -99,37 +110,12 @@ std::shared_ptr<pd::tree_copy> tree_copy_for(const settings& s, const item& it, 
   return t;
 }
 
-// What the ranks are dealt: a whole file (length 0) or a piece of a big one.
+// What the ranks are dealt: a whole file (length 0) or a piece of a big one; `entry` is its
+// index in the tree that copies it.
 struct unit {
-  std::uint64_t entry = 0, offset = 0, length = 0;
+  std::size_t entry = 0;
+  std::uint64_t offset = 0, length = 0;
 };
-
-// The units of a tree, largest first: every file of `t.file_order`, the big ones in pieces of
-// `piece` bytes where `split`. Their sizes (for the queue) in `sizes`.
-std::vector<unit> units_of(const pd::tree_copy& t, bool split, std::uint64_t piece, std::vector<std::uint64_t>& sizes) {
-  std::vector<unit> out;
-  for (std::size_t i : t.file_order) {
-    const std::uint64_t size = t.entries[i].size;
-    if (!split || size < 2 * piece) {
-      out.push_back(unit{i, 0, 0});
-      continue;
-    }
-    for (std::uint64_t at = 0; at < size; at += piece) out.push_back(unit{i, at, std::min(piece, size - at)});
-  }
-  auto bytes = [&t](const unit& u) { return u.length != 0 ? u.length : t.entries[u.entry].size; };
-  std::stable_sort(out.begin(), out.end(), [&](const unit& a, const unit& b) { return bytes(a) > bytes(b); });
-  sizes.clear();
-  for (const unit& u : out) sizes.push_back(bytes(u));
-  return out;
-}
-
-// The files `units` split, each once.
-std::vector<std::size_t> split_entries(const std::vector<unit>& units) {
-  std::vector<std::size_t> out;
-  for (const unit& u : units)
-    if (u.length != 0 && u.offset == 0) out.push_back(static_cast<std::size_t>(u.entry));
-  return out;
-}
 
 // Opens entry `i` of the source, checked to be the file the walk saw, and of the copy.
 std::pair<pd::unique_fd, pd::unique_fd> open_both(pd::tree_copy& t, std::size_t i, int out_flags, struct stat& st) {
@@ -185,89 +171,267 @@ void finish_split_file(pd::tree_copy& t, std::size_t i) {
   t.counters->files.fetch_add(1, std::memory_order_relaxed);
 }
 
-// The walk as rank 0 made it: entries, their states, and where the copy is being built.
-void write_walk(spread::writer& w, const pd::tree_copy& t) {
-  const std::string made = t.merge ? t.to.string() : (std::filesystem::path(t.dest.parent_name) / t.dest.temp_name).string();
-  w.put(made);
-  w.put(static_cast<std::uint64_t>(t.entries.size()));
-  for (const pd::tree_entry& e : t.entries) {
-    w.put(e.name);
-    w.put(static_cast<std::uint64_t>(e.parent));
-    w.put(e.mode);
-    w.put(e.size);
-    w.put(e.dev);
-    w.put(e.rdev);
-    w.put(e.ino);
-    w.put(e.nlink);
-    w.put(e.uid);
-    w.put(e.gid);
-    w.put(e.atime);
-    w.put(e.mtime);
-    w.put(static_cast<std::uint64_t>(e.link_to));
-    w.put(e.target);
+// A tree's top directories as every rank holds them: the source's and the copy's (the hidden
+// tree, or DST itself when merging), opened and checked once; each batch's tree copy works from
+// duplicates of them.
+struct rank_tree {
+  const settings& s;
+  const item& it;
+  pd::copy_pool& pool;
+  std::shared_ptr<pd::copy_counters> counters = std::make_shared<pd::copy_counters>();
+  pd::tree_entry top;  // the source's top directory as the walk saw it (its device: ours)
+  dev_t walked_dev = 0;  // the device rank 0's walk saw it on
+  dev_t dest_dev = 0;
+  blksize_t dest_blksize = 4096;
+  mode_t umask = 022;
+  pd::unique_fd source_root, made_root;
+
+  rank_tree(const settings& settings_, const item& item_, pd::copy_pool& pool_) : s(settings_), it(item_), pool(pool_) {}
+
+  // What the batches copied: counted, and their reports in pcp's words' input (paths, not
+  // indices: a batch's tree goes away with it).
+  struct line {
+    std::exception_ptr error;  // null: copied
+    std::string from, to;
+  };
+  std::atomic<std::uint64_t> files{0}, bytes{0}, errors{0};
+  std::mutex lines_mutex;
+  std::vector<line> lines;
+
+  // Opens the tops (any rank but 0, which hands over its own): the source's checked against the
+  // walk's top, which a network file system numbers with another device on each client (the
+  // walk's device is taken to be ours; inode numbers are the server's, the same everywhere).
+  void open(const std::string& made_path) {
+    const int nofollow = it.links == pidring::tree_links::copy ? O_NOFOLLOW : 0;
+    const pd::error_site site{"copy_tree " + pd::quoted_path(it.from) + " -> " + pd::quoted_path(it.to), it.from, it.to, {}};
+    source_root.reset(::open(it.from.c_str(), O_RDONLY | O_DIRECTORY | O_NOCTTY | O_CLOEXEC | nofollow));
+    struct stat st {};
+    if (!source_root || ::fstat(source_root.get(), &st) != 0) site.fail(errno, "open source");
+    top.dev = st.st_dev;
+    if (!pd::same_object(st, top)) site.say(ENOENT, "open source", "it was replaced during the copy");
+    made_root.reset(::open(made_path.c_str(), O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+    if (!made_root || ::fstat(made_root.get(), &st) != 0)
+      site.say(errno, "open destination directory", "open " + pd::quoted_path(made_path));
+    dest_dev = st.st_dev;
+    dest_blksize = st.st_blksize;
   }
-  for (pd::entry_state st : t.state) w.put(st);
-  w.put(t.files_total);
-  w.put(t.bytes_total);
-  w.put(t.umask);
+
+  // A tree copy of this tree for `entries` (the top first, every directory before what it holds).
+  std::shared_ptr<pd::tree_copy> copy_of(std::vector<pd::tree_entry> entries) {
+    auto t = tree_copy_for(s, it, pool);
+    t->counters = counters;
+    t->umask = umask;
+    t->dest_dev = dest_dev;
+    t->dest_blksize = dest_blksize;
+    t->entries = std::move(entries);
+    t->state.assign(t->entries.size(), pd::entry_state::to_do);
+    t->source = std::make_unique<pd::tree_dirs>(t->entries, true, pool.openat2, it.links == pidring::tree_links::follow);
+    t->made = std::make_unique<pd::tree_dirs>(t->entries, false, pool.openat2);
+    pd::unique_fd in(::fcntl(source_root.get(), F_DUPFD_CLOEXEC, 0)), out(::fcntl(made_root.get(), F_DUPFD_CLOEXEC, 0));
+    if (!in || !out) t->site.say(errno, "open source", "dup the top directories");
+    t->source->set_root(std::move(in));
+    t->made->set_root(std::move(out));
+    return t;
+  }
+
+  // A batch's tree copy has ended: its counts and reports.
+  void take(pd::tree_copy& t) {
+    files.fetch_add(t.files.load(), std::memory_order_relaxed);
+    bytes.fetch_add(t.bytes.load(), std::memory_order_relaxed);
+    errors.fetch_add(t.failed.load(), std::memory_order_relaxed);
+    std::vector<pd::tree_copy::report> reports = t.take_reports();
+    if (reports.empty()) return;
+    std::lock_guard lock(lines_mutex);
+    for (const pd::tree_copy::report& r : reports)
+      lines.push_back(line{r.error, t.source_path(r.entry).string(), t.copy_path(r.entry).string()});
+  }
+};
+
+// The record of a unit, as the queue carries it to the rank that copies it: all that rank needs
+// to reach the file safely without the rest of the walk. The directories from the top down (each
+// with its index in rank 0's walk, name, mode, device and inode: every one is checked when
+// reached, as copy_tree checks its own), the file as the walk saw it, and the part to copy.
+// `chain`: the file's directory's part, as dir_record() wrote it for each directory on the way.
+void put_dir(spread::writer& w, std::size_t index, const pd::tree_entry& e) {
+  w.put(static_cast<std::uint64_t>(index));
+  w.put(e.name);
+  w.put(e.mode);
+  w.put(e.dev);
+  w.put(e.ino);
 }
 
-std::string read_walk(spread::reader& r, pd::tree_copy& t) {
-  std::string made;
-  r.get(made);
-  std::uint64_t n = 0;
-  r.get(n);
-  t.entries.resize(n);
-  for (pd::tree_entry& e : t.entries) {
-    std::uint64_t parent = 0, link_to = 0;
-    r.get(e.name);
-    r.get(parent);
-    r.get(e.mode);
-    r.get(e.size);
-    r.get(e.dev);
-    r.get(e.rdev);
-    r.get(e.ino);
-    r.get(e.nlink);
-    r.get(e.uid);
-    r.get(e.gid);
-    r.get(e.atime);
-    r.get(e.mtime);
-    r.get(link_to);
-    r.get(e.target);
-    e.parent = static_cast<std::size_t>(parent);
-    e.link_to = static_cast<std::size_t>(link_to);
-  }
-  t.state.resize(n);
-  for (pd::entry_state& st : t.state) r.get(st);
-  r.get(t.files_total);
-  r.get(t.bytes_total);
-  r.get(t.umask);
-  return made;
+std::vector<char> unit_record(const pd::tree_entry& e, std::uint32_t depth, const std::vector<char>& chain,
+                              std::uint64_t offset, std::uint64_t length) {
+  spread::writer w;
+  w.put(offset);
+  w.put(length);
+  w.put(depth);
+  w.put(chain);
+  w.put(e.name);
+  w.put(e.mode);
+  w.put(e.size);
+  w.put(e.dev);
+  w.put(e.rdev);
+  w.put(e.ino);
+  w.put(e.nlink);
+  w.put(e.uid);
+  w.put(e.gid);
+  w.put(e.atime);
+  w.put(e.mtime);
+  return std::move(w.bytes());
 }
 
-// Another rank's hold on rank 0's walk: the source's top directory and the copy's, opened here and
-// checked. A network file system numbers its device differently on each client: what the walk saw
-// on rank 0's device is taken to be on ours (the inode numbers are the server's, the same
-// everywhere).
-void open_walked_tree(pd::tree_copy& t, const std::string& made_path) {
-  const bool follow = t.links == pidring::tree_links::follow;
-  t.source = std::make_unique<pd::tree_dirs>(t.entries, true, t.pool->openat2, follow);
-  t.made = std::make_unique<pd::tree_dirs>(t.entries, false, t.pool->openat2);
-  const int nofollow = t.links == pidring::tree_links::copy ? O_NOFOLLOW : 0;
-  pd::unique_fd root(::open(t.from.c_str(), O_RDONLY | O_DIRECTORY | O_NOCTTY | O_CLOEXEC | nofollow));
-  struct stat st {};
-  if (!root || ::fstat(root.get(), &st) != 0) t.site.fail(errno, "open source");
-  const dev_t walked = t.entries[0].dev;
-  for (pd::tree_entry& e : t.entries)
-    if (e.dev == walked) e.dev = st.st_dev;
-  if (!pd::same_object(st, t.entries[0])) t.site.say(ENOENT, "open source", "it was replaced during the copy");
-  t.source->set_root(std::move(root));
-  pd::unique_fd made(::open(made_path.c_str(), O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
-  if (!made || ::fstat(made.get(), &st) != 0) t.site.say(errno, "open destination directory", "open " + pd::quoted_path(made_path));
-  t.dest_dev = st.st_dev;
-  t.dest_blksize = st.st_blksize;
-  t.made->set_root(std::move(made));
-}
+// A batch as a rank copies it: its records read into a tree of their own (the top, the
+// directories on the way, the files), which its units index. Whoever drops the last hold on it
+// (a pool thread) hands its counts and reports to the rank's.
+struct batch {
+  std::shared_ptr<pd::tree_copy> t;
+  std::vector<unit> units;
+  std::shared_ptr<rank_tree> owner;
+
+  batch(std::shared_ptr<rank_tree> tree, const std::vector<char>& bytes) : owner(std::move(tree)) {
+    rank_tree& r = *owner;
+    std::vector<pd::tree_entry> entries{r.top};
+    std::map<std::uint64_t, std::size_t> dirs;  // rank 0's index -> ours
+    const auto ours = [&r](dev_t d) { return d == r.walked_dev ? r.top.dev : d; };
+    spread::reader in(bytes);
+    while (!in.at_end()) {
+      unit u;
+      std::uint32_t depth = 0;
+      in.get(u.offset);
+      in.get(u.length);
+      in.get(depth);
+      std::size_t parent = 0;
+      for (std::uint32_t k = 0; k < depth; ++k) {
+        pd::tree_entry d;
+        std::uint64_t index = 0;
+        in.get(index);
+        in.get(d.name);
+        in.get(d.mode);
+        in.get(d.dev);
+        in.get(d.ino);
+        d.dev = ours(d.dev);
+        d.parent = parent;
+        const auto found = dirs.try_emplace(index, entries.size());
+        if (found.second) entries.push_back(std::move(d));
+        parent = found.first->second;
+      }
+      pd::tree_entry f;
+      in.get(f.name);
+      in.get(f.mode);
+      in.get(f.size);
+      in.get(f.dev);
+      in.get(f.rdev);
+      in.get(f.ino);
+      in.get(f.nlink);
+      in.get(f.uid);
+      in.get(f.gid);
+      in.get(f.atime);
+      in.get(f.mtime);
+      f.dev = ours(f.dev);
+      f.parent = parent;
+      u.entry = entries.size();
+      entries.push_back(std::move(f));
+      units.push_back(u);
+    }
+    t = r.copy_of(std::move(entries));
+  }
+  batch(const batch&) = delete;
+  batch& operator=(const batch&) = delete;
+  ~batch() {
+    t->made->close_all();
+    t->source->close_all();
+    owner->take(*t);
+  }
+};
+
+// Where a rank's threads take their units: the batches of rank 0's queue, straight from it on
+// rank 0, by request on the others (asked for ahead, while the threads still have work in hand).
+// The time a thread waits here with nothing in hand is counted: the queue's cost.
+class rank_feed {
+ public:
+  struct work {
+    std::shared_ptr<batch> b;
+    std::size_t k = 0;  // the unit
+  };
+
+  rank_feed(std::shared_ptr<rank_tree> tree, unsigned threads, spread::queue_server* server,
+            std::function<spread::request()> progress)
+      : tree_(std::move(tree)), threads_(threads), server_(server), progress_(std::move(progress)) {}
+
+  bool next(work& w, const pd::work_control& ctl) {
+    std::lock_guard lock(mutex_);
+    for (;;) {
+      fill(ctl);
+      if (!local_.empty()) {
+        w = std::move(local_.front());
+        local_.pop_front();
+        return true;
+      }
+      if (ended_ || ctl.stopped()) return false;
+    }
+  }
+
+  // After a stop: the units not started are dropped (their batches end here).
+  void drop() {
+    std::lock_guard lock(mutex_);
+    local_.clear();
+  }
+
+  // Seconds this rank had no work in hand (every thread waits then: the one that asks, the others
+  // for it): waiting for the walk to find some, and for the queue to hand over what it had.
+  double walk_wait() const { return walk_wait_; }
+  double queue_wait() const { return std::chrono::duration<double>(waited_).count() - walk_wait_; }
+
+ private:
+  // Mutex held. Rank 0: a batch when nothing is in hand (take_local waits while the walk may
+  // bring more). Another rank: a request as soon as what is in hand is down to one batch (so one
+  // is nearly always on its way: with more ranks than cores a reply can take milliseconds, the
+  // time to copy a batch of small files), and the reply, waited for only when nothing is in hand.
+  void fill(const pd::work_control& ctl) {
+    std::vector<char> bytes;
+    const bool idle = local_.empty();
+    const auto start = clock_type::now();
+    double for_walk = 0;
+    if (server_) {
+      if (!idle || ended_) return;
+      bool walked = false;
+      if (!server_->take_local(bytes, walked, [&ctl] { return ctl.stopped(); })) {
+        ended_ = true;
+        return;
+      }
+      if (walked) for_walk = std::chrono::duration<double>(clock_type::now() - start).count();
+    } else {
+      if (!client_.ended() && local_.size() <= std::max<std::size_t>(threads_, last_)) client_.ask(progress_());
+      if (!client_.reply(bytes, idle)) return;
+      if (bytes.empty()) {
+        ended_ = true;
+        return;
+      }
+      for_walk = client_.for_walk();
+    }
+    if (idle) {
+      const clock_type::duration d = clock_type::now() - start;
+      waited_ += d;
+      walk_wait_ += std::min(for_walk, std::chrono::duration<double>(d).count());
+    }
+    auto b = std::make_shared<batch>(tree_, bytes);
+    last_ = b->units.size();
+    for (std::size_t k = 0; k < b->units.size(); ++k) local_.push_back(work{b, k});
+  }
+
+  std::shared_ptr<rank_tree> tree_;
+  unsigned threads_;
+  spread::queue_server* server_;
+  std::function<spread::request()> progress_;
+  spread::queue_client client_;
+  std::mutex mutex_;
+  std::deque<work> local_;  // mutex
+  std::size_t last_ = 0;    // mutex: the last batch's units
+  bool ended_ = false;      // mutex
+  clock_type::duration waited_{};  // mutex
+  double walk_wait_ = 0;           // mutex
+};
 
 // On-error and -v reports of a merging copy (this rank's), in pcp's words.
 void deliver(pd::tree_copy& t, const item& it, job& j) {
@@ -302,36 +466,120 @@ spread::state state_of(const pd::job_group& g, const job& j) {
   return spread::state::ok;
 }
 
-// One tree on every rank. Rank 0 walks it and builds the skeleton, everyone copies files from
-// rank 0's queue, rank 0 finishes and (with every rank's success) puts it in place.
+// Rank 0's walk, as it goes: each directory's chain of records (dir_record's, from the top
+// down), the files found so far, and the files to split.
+struct walk_state {
+  pd::unique_fd root;  // the source's top, until the walk takes it
+  struct stat top {};
+  bool split = false;
+  std::uint64_t piece = 0;
+  std::vector<std::vector<char>> chains;  // by entry: a directory's records, from the top down
+  std::vector<std::uint32_t> depths;      // by entry: how many
+  std::vector<std::size_t> split_files;
+  std::atomic<std::uint64_t> files{0}, bytes{0};  // found so far
+};
+
+// Rank 0's walk of `t`, one directory at a time: the entries just listed are made in the copy
+// (tree_copy::walk_and_make), and their files go to the queue, the big ones in pieces where `w`
+// says so (made now at their full size, still owner-only, so that every rank can write into them).
+void walk_into(pd::tree_copy& t, walk_state& w, spread::queue_server& q, const pd::work_control& ctl) {
+  bool ok = false;
+  struct tell {
+    spread::queue_server& q;
+    const bool& ok;
+    ~tell() { q.walk_ended(ok); }
+  } at_end{q, ok};
+  w.chains.assign(1, {});
+  w.depths.assign(1, 0);
+  t.walk_and_make(std::move(w.root), w.top, ctl, [&t, &w, &q](std::size_t first, std::size_t end) {
+    w.chains.resize(end);
+    w.depths.resize(end);
+    std::vector<spread::unit_record> found;
+    for (std::size_t i = first; i < end; ++i) {
+      const pd::tree_entry& e = t.entries[i];
+      if (t.state[i] == pd::entry_state::failed) continue;
+      if (S_ISDIR(e.mode)) {
+        spread::writer chain;
+        chain.put(w.chains[e.parent]);
+        put_dir(chain, i, e);
+        w.chains[i] = std::move(chain.bytes());
+        w.depths[i] = w.depths[e.parent] + 1;
+        continue;
+      }
+      if (!S_ISREG(e.mode) || e.is_link()) continue;
+      w.files.fetch_add(1, std::memory_order_relaxed);
+      w.bytes.fetch_add(e.size, std::memory_order_relaxed);
+      const std::vector<char>& chain = w.chains[e.parent];
+      if (!w.split || e.size < 2 * w.piece) {
+        found.push_back(spread::unit_record{e.size, unit_record(e, w.depths[e.parent], chain, 0, 0)});
+        continue;
+      }
+      create_split_file(t, i);
+      w.split_files.push_back(i);
+      for (std::uint64_t at = 0; at < e.size; at += w.piece) {
+        const std::uint64_t length = std::min(w.piece, e.size - at);
+        found.push_back(spread::unit_record{length, unit_record(e, w.depths[e.parent], chain, at, length)});
+      }
+    }
+    if (!found.empty()) q.add(std::move(found));
+  });
+  ok = true;
+  w.chains = {};
+  w.depths = {};
+}
+
+// Delivers what a rank's batches reported, in pcp's words.
+void deliver(rank_tree& r, const item& it, job& j) {
+  std::vector<rank_tree::line> lines;
+  {
+    std::lock_guard lock(r.lines_mutex);
+    lines.swap(r.lines);
+  }
+  for (const rank_tree::line& l : lines) {
+    if (!l.error) {
+      j.tell_copied(l.from, l.to);
+      continue;
+    }
+    try {
+      std::rethrow_exception(l.error);
+    } catch (const pidring::error& e) {
+      j.report(it, e);
+    }
+  }
+}
+
+// One tree on every rank. Rank 0 runs the checks and makes the copy's top directory, tells the
+// other ranks where it is, then walks the tree while every rank copies what the walk has found so
+// far, taking it from rank 0's queue; rank 0 finishes and (with every rank's success) puts the
+// copy in place.
 pidring::task<void> spread_tree(pidring::io_context& io, const item& it, job& j, const mpi_world& w, totals& sum) {
   const settings& s = j.s;
   pd::copy_pool& pool = pd::copy_pool::of(io, this_tool.name);
   auto t = tree_copy_for(s, it, pool);
   const pd::error_site& site = t->site;
-  std::vector<char> walk;
-  std::string made_path;
-  auto units = std::make_shared<std::vector<unit>>();  // held by the pool's items too
-  std::vector<std::uint64_t> sizes;                    // of the units
+  auto walk = std::make_shared<walk_state>();
+  auto tree = std::make_shared<rank_tree>(s, it, pool);
+  std::vector<char> header;
   bool ok = true;
   if (w.rank == 0) {
     const auto start = clock_type::now();
     try {
-      // The walk and the skeleton; then the files to split (only into a tree nobody sees yet,
-      // whose files need no hidden name of their own) are made at their full size.
-      auto prepare = [t, &s, units, &sizes](const pd::work_control& ctl) {
-        t->prepare(ctl);
-        const bool split = !t->merge && !t->zeros_as_holes && s.split_files != settings::split::never &&
-                           (s.split_files == settings::split::always ||
-                            pd::parallel_writer_fs(pd::fs_magic(t->made->root()->get())));
-        *units = units_of(*t, split, s.split_size, sizes);
-        for (std::size_t i : split_entries(*units)) {
-          if (ctl.stopped()) pd::throw_cancelled(t->site);
-          create_split_file(*t, i);
-        }
+      auto begin = [t, walk, tree, &s](const pd::work_control&) {
+        walk->root = t->begin_walk(walk->top);
+        walk->split = !t->merge && !t->zeros_as_holes && s.split_files != settings::split::never &&
+                      (s.split_files == settings::split::always || pd::parallel_writer_fs(pd::fs_magic(t->made->root()->get())));
+        walk->piece = s.split_size;
+        tree->top = t->entries[0];
+        tree->walked_dev = tree->top.dev;
+        tree->umask = t->umask;
+        tree->dest_dev = t->dest_dev;
+        tree->dest_blksize = t->dest_blksize;
+        tree->source_root.reset(::fcntl(walk->root.get(), F_DUPFD_CLOEXEC, 0));
+        tree->made_root.reset(::fcntl(t->made->root()->get(), F_DUPFD_CLOEXEC, 0));
+        if (!tree->source_root || !tree->made_root) t->site.say(errno, "open source", "dup the top directories");
       };
-      auto prepared = pd::on_pool(pool, site, std::move(prepare), j.stop);
-      co_await prepared;
+      auto begun = pd::on_pool(pool, site, std::move(begin), j.stop);
+      co_await begun;
     } catch (...) {
       report_failure(std::current_exception(), it, j);
       ok = false;
@@ -341,18 +589,20 @@ pidring::task<void> spread_tree(pidring::io_context& io, const item& it, job& j,
     spread::writer out;
     out.put(ok);
     if (ok) {
-      write_walk(out, *t);
-      out.put(static_cast<std::uint64_t>(units->size()));
-      for (const unit& u : *units) out.put(u);
+      out.put(t->merge ? t->to.string() : (std::filesystem::path(t->dest.parent_name) / t->dest.temp_name).string());
+      out.put(tree->top.mode);
+      out.put(tree->top.dev);
+      out.put(tree->top.ino);
+      out.put(tree->umask);
     }
-    walk = std::move(out.bytes());
+    header = std::move(out.bytes());
   }
-  // The hidden tree exists from here on: a stop while the other ranks take the walk (one of them
-  // may be dead, and MPI kill this rank a second later) removes it at once. Nothing else uses
-  // the tree meanwhile.
+  // The hidden tree exists from here on: a stop while the other ranks take the header (one of
+  // them may be dead, and MPI kill this rank a second later) removes it at once. Nothing else
+  // uses the tree meanwhile.
   spread::on_stop remove_now{j.stop, [t] { t->discard(); }};
-  spread::broadcast(walk, w.rank, w.rank == 0 ? &remove_now : nullptr);
-  spread::reader in(walk);
+  spread::broadcast(header, w.rank, w.rank == 0 ? &remove_now : nullptr);
+  spread::reader in(header);
   in.get(ok);
   if (!ok) {
     if (w.rank == 0) {
@@ -363,23 +613,21 @@ pidring::task<void> spread_tree(pidring::io_context& io, const item& it, job& j,
     co_return;
   }
 
-  // Every rank copies files until the queue says there are no more.
+  // Every rank copies files until the queue says there are no more; on rank 0 the walk fills it
+  // meanwhile.
   const unsigned threads = threads_per_rank(s);
   std::shared_ptr<spread::queue_server> server;  // held by the pool's items too
-  std::shared_ptr<spread::queue_client> client;
   std::thread serving;
   spread::rank_result mine;
   const auto start = clock_type::now();
   bool ready = true;
   if (w.rank == 0) {
-    std::vector<std::size_t> order(units->size());
-    for (std::size_t k = 0; k < order.size(); ++k) order[k] = k;
-    server = std::make_shared<spread::queue_server>(std::move(order), std::move(sizes), w.size, threads, s.atomic);
+    server = std::make_shared<spread::queue_server>(w.size, threads, s.atomic);
     // Progress: each rank's files and bytes as its last request said, ours as they are now.
     progress_view::share* share = &j.view.add();
-    share->files_total = t->files_total;
-    share->bytes_total = t->bytes_total;
-    auto tick = [&j, t, share](const std::vector<spread::request>& ranks) {
+    auto tick = [&j, t, walk, share](const std::vector<spread::request>& ranks) {
+      share->files_total = walk->files.load();
+      share->bytes_total = walk->bytes.load();
       share->files_done = t->counters->files.load();
       share->bytes_done = t->counters->bytes.load();
       for (std::size_t r = 1; r < ranks.size(); ++r) {
@@ -390,6 +638,21 @@ pidring::task<void> spread_tree(pidring::io_context& io, const item& it, job& j,
     };
     auto stopped = [&j] { return j.stop.stop_requested(); };
     serving = std::thread([&server, tick, stopped] { server->serve(tick, stopped); });
+    tree->counters = t->counters;
+  } else {
+    std::string made_path;
+    in.get(made_path);
+    in.get(tree->top.mode);
+    in.get(tree->top.dev);
+    in.get(tree->top.ino);
+    in.get(tree->umask);
+    tree->walked_dev = tree->top.dev;
+    try {
+      tree->open(made_path);
+    } catch (...) {
+      report_failure(std::current_exception(), it, j);
+      ready = false;
+    }
   }
   // Whatever ends this frame, the serving thread ends first (the copy abandoned, if it was not
   // done: the other ranks then get empty batches and say they are done).
@@ -403,50 +666,45 @@ pidring::task<void> spread_tree(pidring::io_context& io, const item& it, job& j,
       serving.join();
     }
   } join_serving{serving, server};
-  if (w.rank != 0) {
-    made_path = read_walk(in, *t);
-    std::uint64_t n = 0;
-    in.get(n);
-    units->resize(n);
-    for (unit& u : *units) in.get(u);
-    try {
-      open_walked_tree(*t, made_path);
-    } catch (...) {
-      report_failure(std::current_exception(), it, j);
-      ready = false;
-    }
-    auto progress = [t, &j] {
-      return spread::request{j.stop.stop_requested() ? 2u : 0u, t->counters->files.load(), t->counters->bytes.load()};
-    };
-    client = std::make_shared<spread::queue_client>(progress);
-  }
-  auto files = std::make_shared<pd::job_group>(std::min(threads, pd::copy_pool::max_threads));
+  auto progress = [tree, &j] {
+    return spread::request{j.stop.stop_requested() ? 2u : 0u, tree->counters->files.load(), tree->counters->bytes.load()};
+  };
+  auto feed = std::make_shared<rank_feed>(tree, threads, server.get(), progress);
+  auto files = std::make_shared<pd::job_group>(std::min(threads + (w.rank == 0 ? 1u : 0u), pd::copy_pool::max_threads));
+  // Rank 0's walk first: the group's items start in order, so it runs whatever the pool's size.
+  if (w.rank == 0) files->add([t, walk, server](const pd::work_control& ctl) { walk_into(*t, *walk, *server, ctl); });
   if (ready)
     for (unsigned k = 0; k < threads; ++k)
-      files->add([t, server, client, units](const pd::work_control& ctl) {
-        std::size_t k = 0;
-        while (!ctl.stopped() && (server ? server->next(k) : client->next(k))) {
-          const unit& u = (*units)[k];
-          if (u.length == 0) t->copy_file(static_cast<std::size_t>(u.entry), ctl);
-          else copy_piece(*t, u, ctl);
+      files->add([tree, server, feed](const pd::work_control& ctl) {
+        rank_feed::work got;
+        bool first = server != nullptr;
+        while (!ctl.stopped() && feed->next(got, ctl)) {
+          const unit& u = got.b->units[got.k];
+          if (u.length == 0) got.b->t->copy_file(u.entry, ctl);
+          else copy_piece(*got.b->t, u, ctl);
+          got = {};
+          if (std::exchange(first, false)) server->note_first_file();
         }
+        if (ctl.stopped()) feed->drop();
       });
   if (files->size() > 0) {
     auto copied = pd::group_awaiter(pool, files, j.stop);
     co_await copied;
   }
+  feed->drop();
   mine.how = ready ? state_of(*files, j) : spread::state::failed;
   if (files->error() && !j.stop.stop_requested()) report_failure(files->error(), it, j);
   deliver(*t, it, j);
-  mine.files = t->files.load();
-  mine.bytes = t->bytes.load();
-  mine.errors = t->failed.load();
+  deliver(*tree, it, j);
+  mine.files = tree->files.load();
+  mine.bytes = tree->bytes.load();
+  mine.errors = tree->errors.load() + t->failed.load();
   mine.seconds = std::chrono::duration<double>(clock_type::now() - start).count();
+  mine.queue_wait = feed->queue_wait();
+  mine.walk_wait = feed->walk_wait();
 
   if (w.rank != 0) {
     spread::send_done(mine);
-    if (t->made) t->made->close_all();
-    if (t->source) t->source->close_all();
   } else {
     if (mine.how != spread::state::ok) server->abandon();
     server->local_done();
@@ -458,17 +716,30 @@ pidring::task<void> spread_tree(pidring::io_context& io, const item& it, job& j,
       auto discarded = pd::on_pool(pool, site, std::move(discard));
       co_await discarded;
     }
+    // The other ranks' ends. One of them may be dead (and MPI kill this rank a second or two
+    // later): a stop while they are awaited removes the hidden tree at once.
+    for (unsigned round = 0; !server->served(); spread::pause(round))
+      if (remove_now.run && j.stop.stop_requested()) std::exchange(remove_now.run, nullptr)();
     serving.join();
     std::vector<spread::rank_result>& ranks = server->results();
-    ranks[0] = mine;
+    ranks[0].how = mine.how;
+    ranks[0].files = mine.files;
+    ranks[0].bytes = mine.bytes;
+    ranks[0].errors = mine.errors;
+    ranks[0].seconds = mine.seconds;
+    ranks[0].queue_wait = mine.queue_wait;
+    ranks[0].walk_wait = mine.walk_wait;
     sum.batches += server->batches();
+    sum.walk_seconds += server->walk_end();
+    const bool first_tree = sum.trees++ == 0;
+    if (first_tree) sum.walk_end = server->walk_end();
     const bool all_ok = std::all_of(ranks.begin(), ranks.end(), [](const spread::rank_result& r) { return r.how == spread::state::ok; });
     // With every file in place: hard links, modes and times, then (--atomic) the rename.
     bool placed = false;
     if (all_ok && !j.stop.stop_requested()) {
       try {
-        auto finish = [t, split = split_entries(*units)](const pd::work_control& ctl) {
-          for (std::size_t i : split) finish_split_file(*t, i);
+        auto finish = [t, walk](const pd::work_control& ctl) {
+          for (std::size_t i : walk->split_files) finish_split_file(*t, i);
           t->finish(ctl);
           pd::unique_fd parent = t->put_in_place(ctl);
           if (parent && ::fsync(parent.get()) != 0) t->site.fail(errno, "fsync");
@@ -494,15 +765,25 @@ pidring::task<void> spread_tree(pidring::io_context& io, const item& it, job& j,
       for (std::size_t i = 0; i < t->entries.size(); ++i)
         j.tell_copied(t->source_path(i).string(), t->copy_path(i).string());
     }
-    mine.files = t->files.load();  // the hard links rank 0 made count as its files
+    mine.files += t->files.load();  // the split files and hard links rank 0 finished count as its files
     ranks[0].files = mine.files;
     if (sum.ranks.size() < ranks.size()) sum.ranks.resize(ranks.size());
+    double first_end = ranks[0].end, last_end = ranks[0].end;
     for (std::size_t r = 0; r < ranks.size(); ++r) {
       sum.ranks[r].files += ranks[r].files;
       sum.ranks[r].bytes += ranks[r].bytes;
       sum.ranks[r].errors += ranks[r].errors;
       sum.ranks[r].seconds += ranks[r].seconds;
+      sum.ranks[r].queue_wait += ranks[r].queue_wait;
+      sum.ranks[r].walk_wait += ranks[r].walk_wait;
+      if (first_tree) {
+        sum.ranks[r].first_file = ranks[r].first_file;
+        sum.ranks[r].end = ranks[r].end;
+      }
+      first_end = std::min(first_end, ranks[r].end);
+      last_end = std::max(last_end, ranks[r].end);
     }
+    sum.end_spread += last_end - first_end;
   }
   sum.mine.files += mine.files;
   sum.mine.bytes += mine.bytes;
@@ -535,7 +816,11 @@ pidring::task<void> copy_all(pidring::io_context& io, const std::vector<item>& i
   j.view.update(true);
 }
 
-// --report: the job's totals and each rank's files, bytes and seconds, as JSON.
+// --report: the job's totals and each rank's files, bytes and seconds, as JSON; with how the
+// queue served them (time with no work in hand: waiting for the walk to find some, and for the
+// queue to hand it over; when their ends came), and for the first tree, when
+// rank 0's walk ended and when each rank had copied its first file (rank 0's clock, from the
+// tree's start: a first file before the walk's end is a copy that overlapped it).
 bool write_report(const std::string& path, const totals& sum, double seconds, int status) {
   std::FILE* f = std::fopen(path.c_str(), "w");
   if (f == nullptr) {
@@ -546,13 +831,20 @@ bool write_report(const std::string& path, const totals& sum, double seconds, in
   for (const auto& r : sum.ranks) files += r.files, bytes += r.bytes;
   std::fprintf(f, "{\n  \"ranks\": %zu,\n  \"status\": %d,\n  \"files\": %llu,\n  \"bytes\": %llu,\n", sum.ranks.size(), status,
                static_cast<unsigned long long>(files), static_cast<unsigned long long>(bytes));
-  std::fprintf(f, "  \"seconds\": %.6f,\n  \"walk_seconds\": %.6f,\n  \"queue_batches\": %llu,\n  \"per_rank\": [\n", seconds,
-               sum.walk_seconds, static_cast<unsigned long long>(sum.batches));
-  for (std::size_t r = 0; r < sum.ranks.size(); ++r)
-    std::fprintf(f, "    {\"rank\": %zu, \"files\": %llu, \"bytes\": %llu, \"errors\": %llu, \"seconds\": %.6f}%s\n", r,
-                 static_cast<unsigned long long>(sum.ranks[r].files), static_cast<unsigned long long>(sum.ranks[r].bytes),
-                 static_cast<unsigned long long>(sum.ranks[r].errors), sum.ranks[r].seconds,
+  std::fprintf(f,
+               "  \"seconds\": %.6f,\n  \"walk_seconds\": %.6f,\n  \"walk_end_seconds\": %.6f,\n  \"end_spread_seconds\": %.6f,\n"
+               "  \"queue_batches\": %llu,\n  \"per_rank\": [\n",
+               seconds, sum.walk_seconds, sum.walk_end, sum.end_spread, static_cast<unsigned long long>(sum.batches));
+  for (std::size_t r = 0; r < sum.ranks.size(); ++r) {
+    const spread::rank_result& x = sum.ranks[r];
+    std::fprintf(f,
+                 "    {\"rank\": %zu, \"files\": %llu, \"bytes\": %llu, \"errors\": %llu, \"seconds\": %.6f, "
+                 "\"walk_wait_seconds\": %.6f, \"queue_wait_seconds\": %.6f, \"first_file_seconds\": %.6f, "
+                 "\"end_seconds\": %.6f}%s\n",
+                 r, static_cast<unsigned long long>(x.files), static_cast<unsigned long long>(x.bytes),
+                 static_cast<unsigned long long>(x.errors), x.seconds, x.walk_wait, x.queue_wait, x.first_file, x.end,
                  r + 1 < sum.ranks.size() ? "," : "");
+  }
   std::fputs("  ]\n}\n", f);
   return std::fclose(f) == 0;
 }

@@ -7,13 +7,16 @@ files, then:
   - copies it with 1, 2 and 4 ranks (-a, with and without --atomic) and compares the copy with the
     source (type, mode, size, contents, link targets, owners, times, hard links), and reads
     --report: the totals match the tree and every rank copied a share;
+  - copies a tree of 400 directories with 2 and 4 ranks: every rank copied a file before rank 0's
+    walk ended (the walk overlaps the copy);
   - copies it as uid 65534 with --atomic where one file is unreadable: the job fails with pcp's
     message for it, and nothing is left at DST, hidden or not;
   - kills rank 1 (SIGKILL) mid-copy with --atomic: MPI ends the job, nothing is published and
     rank 0 removes its hidden tree; kills rank 0: the next copy to the same place removes the
     hidden tree the dead job left;
   - sends SIGINT to mpirun mid-copy with --atomic: every rank stops, nothing is left;
-  - a usage error is said once, in pcp's words, and ends every rank.
+  - a usage error is said once, in pcp's words, and ends every rank; mpirun -q leaves only pcp-mpi's
+    message of a failing copy.
 After each case no pcp-mpi process of ours is left running.
 
 Usage: mpi_test.py PATH-TO-PCP-MPI [CASE-NAME-SUBSTRING]
@@ -142,8 +145,8 @@ def ours_running():
     return left
 
 
-def run(n, args, cwd, timeout=60, preexec=None):
-    return subprocess.run(mpirun(n) + [PCP_MPI] + args, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+def run(n, args, cwd, timeout=60, preexec=None, mpirun_args=()):
+    return subprocess.run(mpirun(n) + list(mpirun_args) + [PCP_MPI] + args, cwd=cwd, capture_output=True, text=True, timeout=timeout,
                           env=env(), stdin=subprocess.DEVNULL, preexec_fn=preexec)
 
 
@@ -189,6 +192,41 @@ def case_copies_equal_the_source(base):
             check(rep["bytes"] == data, "%s: report says %d bytes, the tree has %d" % (label, rep["bytes"], data))
             idle = [p["rank"] for p in rep["per_rank"] if p["files"] == 0]
             check(not idle, "%s: ranks %s copied nothing: %r" % (label, idle, rep["per_rank"]))
+
+
+def case_ranks_copy_while_rank_0_walks(base):
+    """The walk overlaps the copy: on a tree of 400 directories of 15 small files each, every rank
+    has copied a file before rank 0's walk has ended (--report: when rank 0 first heard that a rank
+    had copied a file, and when its walk ended, on rank 0's clock). The copy equals the source.
+    Scheduling on a loaded machine may delay a rank's first word, so one of 3 runs must show it."""
+    src = os.path.join(base, "src")
+    for d in range(400):
+        os.makedirs(os.path.join(src, "d%03d" % d, "e"))
+        for f in range(15):
+            write(os.path.join(src, "d%03d" % d, "e" if f % 3 == 0 else "", "f%02d" % f), b"x" * (f * 97 + 1))
+    want = manifest(src)
+    seen = []
+    for attempt in range(3):
+        for n in (2, 4):
+            dst = os.path.join(base, "dst%d-%d" % (attempt, n))
+            report = dst + ".json"
+            r = run(n, ["-a", "--report", report, src, dst], base)
+            check(r.returncode == 0 and r.stderr == "", "-n %d: exit %d, stderr %r" % (n, r.returncode, r.stderr[-2000:]))
+            check(manifest(dst) == want, "-n %d: the copy differs from the source" % n)
+            with open(report) as f:
+                rep = json.load(f)
+            walk_end = rep["walk_end_seconds"]
+            firsts = [p["first_file_seconds"] for p in rep["per_rank"]]
+            seen.append("-n %d: walk ended at %.3f s, first files at %s" % (n, walk_end, ["%.3f" % t for t in firsts]))
+            for p in rep["per_rank"]:
+                check(p["queue_wait_seconds"] >= 0 and p["end_seconds"] > 0, "-n %d: report %r" % (n, p))
+            if not all(0 <= t < walk_end for t in firsts):
+                break
+            shutil.rmtree(dst)
+        else:
+            print("  " + "; ".join(seen[-2:]))
+            return
+    check(False, "no run had every rank copying before the walk ended: %s" % seen)
 
 
 def case_big_files_in_pieces_over_ranks(base):
@@ -417,9 +455,16 @@ def case_usage_error_is_said_once(base):
     check(r.stderr.count(want) == 1, "stderr %r is not one %r" % (r.stderr[-2000:], want))
     r = run(2, ["--help"], base)
     check(r.returncode == 0 and r.stdout.count("--report=FILE") == 1, "--help: %d %r" % (r.returncode, r.stdout))
+    # A failing copy: mpirun adds its own note, which -q (as pcp-mpi(1) says) leaves out.
+    missing = os.path.join(base, "missing")
+    want = "pcp-mpi: cannot stat '%s': No such file or directory\n" % missing
+    r = run(2, ["-r", missing, os.path.join(base, "dst")], base)
+    check(r.returncode == 1 and want in r.stderr and "non-zero" in r.stderr, "without -q: %d %r" % (r.returncode, r.stderr))
+    r = run(2, ["-r", missing, os.path.join(base, "dst")], base, mpirun_args=["-q"])
+    check(r.returncode == 1 and r.stderr == want, "mpirun -q: %d %r" % (r.returncode, r.stderr))
 
 
-CASES = [case_copies_equal_the_source, case_big_files_in_pieces_over_ranks, case_atomic_failure_as_nobody_leaves_nothing,
+CASES = [case_copies_equal_the_source, case_ranks_copy_while_rank_0_walks, case_big_files_in_pieces_over_ranks, case_atomic_failure_as_nobody_leaves_nothing,
          case_killed_rank_publishes_nothing, case_killed_rank_0_is_cleaned_up_by_the_next_copy,
          case_sigint_to_mpirun_stops_every_rank, case_usage_error_is_said_once]
 

@@ -29,6 +29,8 @@
 #include <cstdint>
 #include <filesystem>
 #include <exception>
+#include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -111,53 +113,63 @@ struct tree_copy {
   // The checks, the walk, and (for a directory) the hidden directory or `to` itself, and the
   // skeleton of the copy.
   void prepare(const work_control& ctl) {
-    const bool follow = links == tree_links::follow;
-    source = std::make_unique<tree_dirs>(entries, true, pool->openat2, follow);
-    made = std::make_unique<tree_dirs>(entries, false, pool->openat2);
     struct stat top {};
-    unique_fd root = open_root(top);
-    const split_path where = split_destination(to, site, EINVAL);
-    dest.parent_name = where.dir;
-    dest.name = where.name;
-    dest.parent = open_destination_dir(where.dir, site);
-    const bool dir = S_ISDIR(top.st_mode);
-    struct stat there {};
-    const bool exists = ::fstatat(dest.parent.get(), dest.name.c_str(), &there, AT_SYMLINK_NOFOLLOW) == 0;
-    if (!exists && errno != ENOENT) site.fail(errno, "stat destination");
-    if (exists) {
-      if (there.st_dev == top.st_dev && there.st_ino == top.st_ino)
-        site.say(EINVAL, "refused", dir ? "source and destination are the same directory" : "source and destination are the same file");
-      if (merge && dir && !S_ISDIR(there.st_mode))
-        site.say(ENOTDIR, "create destination", "cannot overwrite non-directory " + quoted_path(to.string()) + " with directory");
-      if (!merge && !overwrite) site.say(EEXIST, "create destination", "destination exists");
-      if (!merge && dir && !S_ISDIR(there.st_mode))
-        site.say(ENOTDIR, "create destination",
-                 std::string("the destination exists and is ") + file_type_name(there.st_mode) +
-                     ", not a directory (overwrite replaces directories only)");
-      if (!merge && dir && is_within(root.get(), there.st_dev, there.st_ino, site))
-        site.say(EINVAL, "refused", "the source is inside the destination, which overwrite would remove");
-    }
-    if (dir && is_within(dest.parent.get(), top.st_dev, top.st_ino, site))
-      site.say(EINVAL, "refused", "the destination is inside the source");
-    umask = current_umask();
+    bool exists = false;
+    unique_fd root = check(top, exists);
     walk(std::move(root), top, ctl);
     copy_hook_point("tree-walked");
-    if (!dir) return;  // one entry: copy_single
-    unique_fd made_root;
-    if (merge) {
-      made_root = open_merge_root(exists);
-    } else {
-      create_pending_tree(dest, site);
-      made_root.reset(::fcntl(dest.root.get(), F_DUPFD_CLOEXEC, 0));
-      if (!made_root) site.say(errno, "mkdir", "dup " + dest.hidden_path());
-      state[0] = entry_state::made;
-    }
-    struct stat d {};
-    if (::fstat(made_root.get(), &d) != 0) site.say(errno, "mkdir", "fstat the destination");
-    dest_dev = d.st_dev;
-    dest_blksize = d.st_blksize;
-    made->set_root(std::move(made_root));
+    if (!S_ISDIR(top.st_mode)) return;  // one entry: copy_single
+    make_root(exists);
     make_skeleton(ctl);
+  }
+
+  // prepare() for a copier that starts on the files while the walk goes on (pcp-mpi), in two
+  // steps. This one: the checks and the copy's top directory (the hidden one, or `to` itself when
+  // merging), made before the walk; the source's top directory is returned open, its stat in
+  // `top`. A source that is not a directory is refused.
+  unique_fd begin_walk(struct stat& top) {
+    bool exists = false;
+    unique_fd root = check(top, exists);
+    if (!S_ISDIR(top.st_mode)) site.say(ENOTDIR, "open source", "the source is not a directory");
+    entries.assign(1, tree_entry());
+    set_stat(entries[0], top);
+    state.assign(1, entry_state::to_do);
+    make_root(exists);
+    directories = 1;
+    return root;
+  }
+
+  // Then the walk, each directory's entries made in the copy (directories, links, FIFOs, devices)
+  // as soon as it is listed, and `listed(first, end)` told of the new entries [first, end): their
+  // directory exists in the copy by then, and a later name of a multiply linked inode is already
+  // marked as a link to the first (what prepare's walk decides at its end, decided as it goes: the
+  // first name is the one with the lowest index either way). Called on the walking thread.
+  void walk_and_make(unique_fd root, const struct stat& top, const work_control& ctl,
+                     const std::function<void(std::size_t, std::size_t)>& listed) {
+    const entry_state root_state = state[0];
+    std::map<std::pair<dev_t, ino_t>, std::size_t> first_name;
+    walk(std::move(root), top, ctl, [&](std::size_t dir, std::size_t first, std::size_t end) {
+      if (dir == 0) state[0] = root_state;  // the walk starts the states afresh
+      for (std::size_t i = first; i < end; ++i) {
+        tree_entry& e = entries[i];
+        if (S_ISDIR(e.mode) || e.nlink < 2 || state[i] == entry_state::failed) continue;
+        const auto [at, added] = first_name.try_emplace({e.dev, e.ino}, i);
+        if (!added) e.link_to = at->second;
+      }
+      make_entries(first, end, ctl);
+      listed(first, end);
+    });
+    // What a directory that failed half-way through its listing holds was never made nor told:
+    // it is failed, and the links stay as decided above (the walk's own decision could pick such
+    // an entry as an inode's first name).
+    for (std::size_t i = 1; i < entries.size(); ++i) {
+      tree_entry& e = entries[i];
+      if (state[e.parent] == entry_state::failed) state[i] = entry_state::failed;
+      if (S_ISDIR(e.mode) || e.nlink < 2) continue;
+      const auto it = first_name.find({e.dev, e.ino});
+      if (it != first_name.end()) e.link_to = it->second == i ? no_entry : it->second;
+    }
+    copy_hook_point("tree-walked");
   }
 
   // A source that is one file, link, FIFO or device (links: copy or follow): made at `to` by one
@@ -357,6 +369,59 @@ struct tree_copy {
     if (!report_copied || !merge) return;  // not merged: reported once the tree is in place
     std::lock_guard lock(reports_mutex_);
     reports_.push_back(report{i, nullptr});
+  }
+
+  // prepare's checks: the source's root opened (its stat in `top`), the destination's directory
+  // (dest.parent) and whether `to` exists; refuses a copy into itself, over itself, or over what
+  // the options do not allow.
+  unique_fd check(struct stat& top, bool& exists) {
+    const bool follow = links == tree_links::follow;
+    source = std::make_unique<tree_dirs>(entries, true, pool->openat2, follow);
+    made = std::make_unique<tree_dirs>(entries, false, pool->openat2);
+    unique_fd root = open_root(top);
+    const split_path where = split_destination(to, site, EINVAL);
+    dest.parent_name = where.dir;
+    dest.name = where.name;
+    dest.parent = open_destination_dir(where.dir, site);
+    const bool dir = S_ISDIR(top.st_mode);
+    struct stat there {};
+    exists = ::fstatat(dest.parent.get(), dest.name.c_str(), &there, AT_SYMLINK_NOFOLLOW) == 0;
+    if (!exists && errno != ENOENT) site.fail(errno, "stat destination");
+    if (exists) {
+      if (there.st_dev == top.st_dev && there.st_ino == top.st_ino)
+        site.say(EINVAL, "refused", dir ? "source and destination are the same directory" : "source and destination are the same file");
+      if (merge && dir && !S_ISDIR(there.st_mode))
+        site.say(ENOTDIR, "create destination", "cannot overwrite non-directory " + quoted_path(to.string()) + " with directory");
+      if (!merge && !overwrite) site.say(EEXIST, "create destination", "destination exists");
+      if (!merge && dir && !S_ISDIR(there.st_mode))
+        site.say(ENOTDIR, "create destination",
+                 std::string("the destination exists and is ") + file_type_name(there.st_mode) +
+                     ", not a directory (overwrite replaces directories only)");
+      if (!merge && dir && is_within(root.get(), there.st_dev, there.st_ino, site))
+        site.say(EINVAL, "refused", "the source is inside the destination, which overwrite would remove");
+    }
+    if (dir && is_within(dest.parent.get(), top.st_dev, top.st_ino, site))
+      site.say(EINVAL, "refused", "the destination is inside the source");
+    umask = current_umask();
+    return root;
+  }
+
+  // The copy's top directory: the hidden one, or `to` itself when merging (`exists`: it is there).
+  void make_root(bool exists) {
+    unique_fd made_root;
+    if (merge) {
+      made_root = open_merge_root(exists);
+    } else {
+      create_pending_tree(dest, site);
+      made_root.reset(::fcntl(dest.root.get(), F_DUPFD_CLOEXEC, 0));
+      if (!made_root) site.say(errno, "mkdir", "dup " + dest.hidden_path());
+      state[0] = entry_state::made;
+    }
+    struct stat d {};
+    if (::fstat(made_root.get(), &d) != 0) site.say(errno, "mkdir", "fstat the destination");
+    dest_dev = d.st_dev;
+    dest_blksize = d.st_blksize;
+    made->set_root(std::move(made_root));
   }
 
   // The source's root, opened as `links` says; its stat in `top`. A directory gives its fd; one
@@ -602,7 +667,9 @@ struct tree_copy {
     return fd;
   }
 
-  void walk(unique_fd root, const struct stat& top, const work_control& ctl) {
+  // `listed(dir, first, end)`, if set: directory `dir` was listed, its entries are [first, end).
+  void walk(unique_fd root, const struct stat& top, const work_control& ctl,
+            const std::function<void(std::size_t, std::size_t, std::size_t)>& listed = {}) {
     entries.clear();
     tree_entry first;
     set_stat(first, top);
@@ -631,6 +698,7 @@ struct tree_copy {
       if (copy_hooks_on && dir_index != 0) copy_hook_point("tree-dir", tree_path(entries, dir_index));
       if (ctl.stopped()) throw_cancelled(site);
       unique_fd dir;
+      const std::size_t listed_from = entries.size();
       try {
         dir = dir_index == 0 ? unique_fd(::fcntl(source->root()->get(), F_DUPFD_CLOEXEC, 0)) : open_listed_dir(dir_index);
         if (!dir) site.say(errno, "read directory", "dup the source");
@@ -642,6 +710,7 @@ struct tree_copy {
       }
       if (preserve_xattrs) dir_xattrs.emplace_back(dir_index, read_xattrs(dir.get(), entry_site(dir_index, false)));
       if (dir_index != 0) source->put(dir_index, std::move(dir));
+      if (listed) listed(dir_index, listed_from, entries.size());
     }
     std::sort(dir_xattrs.begin(), dir_xattrs.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
     // Hard links: every name of an inode after the first becomes a link to the first.
@@ -744,7 +813,12 @@ struct tree_copy {
   // links, FIFOs and device nodes.
   void make_skeleton(const work_control& ctl) {
     directories = 1;
-    for (std::size_t i = 1; i < entries.size(); ++i) {
+    make_entries(1, entries.size(), ctl);
+  }
+
+  // The skeleton's part for entries [first, end).
+  void make_entries(std::size_t first, std::size_t end, const work_control& ctl) {
+    for (std::size_t i = first; i < end; ++i) {
       const tree_entry& e = entries[i];
       if (ctl.stopped()) throw_cancelled(site);
       if (state[e.parent] == entry_state::failed) state[i] = entry_state::failed;
