@@ -30,6 +30,7 @@ import datetime
 import json
 import os
 import platform
+import random
 import re
 import shutil
 import statistics
@@ -83,12 +84,15 @@ def wall_seconds(cmd):
     return t
 
 
-def interleave(targets, rounds, before=None, warmup=1, key=None, settle=False):
+def interleave(targets, rounds, before=None, warmup=1, key=None, settle=False, shuffle=False):
     """targets: list of (name, fn). Returns {name: median or None} and {name: [samples]}.
     key: the name under which the idle gate records the load of every round. settle: after the
     gate, every target runs once unmeasured before the round (for samples of a few ms: the gate
     leaves both vCPUs idle for --idle-sample seconds, and the first program to need a second CPU
-    then pays for waking it, several ms on this VM)."""
+    then pays for waking it, several ms on this VM). shuffle: each round in an order of its own
+    (seeded by the key) instead of the list rotated, so that no target always follows the same
+    one: cold copies carry over (what the previous program left to write back, to free or to
+    discard), and a rotation gives every target the same predecessor in every round."""
     samples = {name: [] for name, _ in targets}
     n = len(targets)
     if key:
@@ -100,6 +104,8 @@ def interleave(targets, rounds, before=None, warmup=1, key=None, settle=False):
             for _, fn in targets:
                 fn()
         order = targets[r % n:] + targets[:r % n]
+        if shuffle:
+            random.Random(f"{key}/{r}").shuffle(order)
         for name, fn in order:
             if before:
                 before(name)
@@ -569,7 +575,7 @@ def w_copy(a, R):
                         drop_caches()
 
                 med, _ = interleave(copy_targets(a, src, names, mib, startup), a.copy_rounds, before=before,
-                                    key=f"copy {key}")
+                                    key=f"copy {key}", shuffle=True)
                 med["memcpy ceiling"] = memcpy_ceiling(a, mib)
                 R["copy"][key] = {"mib": mib, "fs": fs, "cache": cache, "results": med}
                 names.drop()
